@@ -1,0 +1,193 @@
+//! `Builder`: the one way to make a `ConnectionPool`, checking every setting first.
+
+use crate::{
+    config::{Config, ValidationPolicy},
+    error::PoolError,
+    manager::ConnectionManager,
+    pool::{ConnectionPool, Shared},
+    runtime::Runtime,
+    sync::Arc,
+};
+use std::{fmt, time::Duration};
+
+/// Builds a [`ConnectionPool`]; start with [`ConnectionPool::builder`].
+///
+/// Settings that take an optional duration accept a `Duration` or `None` (no limit, or no
+/// task). The defaults are those of [`Config::default`].
+///
+/// # Examples
+///
+/// ```
+/// # use connection_pool::{ConnectionManager, ConnectionPool, TokioRuntime, ValidationPolicy};
+/// # use std::time::Duration;
+/// # struct Numbers;
+/// # impl ConnectionManager for Numbers {
+/// #     type Connection = u32;
+/// #     type Error = std::io::Error;
+/// #     async fn create_connection(&self) -> Result<u32, std::io::Error> { Ok(7) }
+/// #     async fn is_valid(&self, _: &mut u32) -> Result<(), std::io::Error> { Ok(()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = ConnectionPool::builder(Numbers)
+///     .name("numbers")
+///     .max_size(16)
+///     .min_idle(2)
+///     .wait_timeout(Duration::from_secs(5))
+///     .max_lifetime(None)
+///     .validation(ValidationPolicy::Always)
+///     .runtime(TokioRuntime::current())
+///     .build()?;
+/// # drop(pool);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Builder<M: ConnectionManager> {
+    manager: M,
+    config: Config,
+    runtime: Option<Box<dyn Runtime>>,
+}
+
+impl<M: ConnectionManager> ConnectionPool<M> {
+    /// Starts building a pool whose connections `manager` creates.
+    pub fn builder(manager: M) -> Builder<M> {
+        Builder {
+            manager,
+            config: Config::default(),
+            runtime: None,
+        }
+    }
+}
+
+impl<M: ConnectionManager> Builder<M> {
+    /// Replaces every setting with `config`.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Name used in log messages (default `"connection-pool"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// The most connections that exist at once (default 10, at least 1).
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.config.max_size = max_size;
+        self
+    }
+
+    /// Idle connections the cleanup task keeps ready (default 0, at most `max_size`).
+    pub fn min_idle(mut self, min_idle: usize) -> Self {
+        self.config.min_idle = min_idle;
+        self
+    }
+
+    /// How long a connection may sit idle before the cleanup task closes it (default 5 min).
+    pub fn max_idle_time(mut self, max_idle_time: impl Into<Option<Duration>>) -> Self {
+        self.config.max_idle_time = max_idle_time.into();
+        self
+    }
+
+    /// How long a connection may live at all, less up to 2.5 % jitter (default 30 min).
+    pub fn max_lifetime(mut self, max_lifetime: impl Into<Option<Duration>>) -> Self {
+        self.config.max_lifetime = max_lifetime.into();
+        self
+    }
+
+    /// Bound on one `create_connection` call (default 10 s).
+    pub fn connection_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.connection_timeout = timeout.into();
+        self
+    }
+
+    /// Bound on a whole `get_connection` call: waiting, creating and validating (default 30 s).
+    pub fn wait_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.wait_timeout = timeout.into();
+        self
+    }
+
+    /// Bound on one `is_valid` call (default 5 s).
+    pub fn validation_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.validation_timeout = timeout.into();
+        self
+    }
+
+    /// When idle connections are validated on checkout (default: when idle over 500 ms).
+    pub fn validation(mut self, policy: ValidationPolicy) -> Self {
+        self.config.validation = policy;
+        self
+    }
+
+    /// Period of the background cleanup task, or `None` for no task (default 30 s).
+    pub fn cleanup_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.config.cleanup_interval = interval.into();
+        self
+    }
+
+    /// The executor that supplies timers, spawning and the clock.
+    pub fn runtime(mut self, runtime: impl Runtime) -> Self {
+        self.runtime = Some(Box::new(runtime));
+        self
+    }
+
+    /// Turns off every setting that needs a runtime (the three timeouts and the cleanup
+    /// task), for pools used without one.
+    pub fn no_runtime(mut self) -> Self {
+        self.runtime = None;
+        self.config.connection_timeout = None;
+        self.config.wait_timeout = None;
+        self.config.validation_timeout = None;
+        self.config.cleanup_interval = None;
+        self
+    }
+
+    /// Checks the settings and builds the pool. With a cleanup interval, it spawns the
+    /// cleanup task on the runtime, which also creates the first `min_idle` connections.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Config`] naming the first bad setting, or [`PoolError::NoRuntime`] when a
+    /// timeout or the cleanup task is set without a runtime. Never panics.
+    pub fn build(self) -> Result<ConnectionPool<M>, PoolError<M::Error>> {
+        let Builder {
+            manager,
+            config,
+            runtime,
+        } = self;
+        config.validate()?;
+        if runtime.is_none() {
+            let needs_runtime = [
+                ("connection_timeout", config.connection_timeout),
+                ("wait_timeout", config.wait_timeout),
+                ("validation_timeout", config.validation_timeout),
+                ("cleanup_interval", config.cleanup_interval),
+            ];
+            if let Some((setting, _)) = needs_runtime.iter().find(|(_, d)| d.is_some()) {
+                return Err(PoolError::NoRuntime { setting });
+            }
+        }
+        let cleanup_interval = config.cleanup_interval;
+        log::debug!(
+            "{}: pool started; max_size {}, min_idle {}",
+            config.name,
+            config.max_size,
+            config.min_idle
+        );
+        let shared = Arc::new(Shared::new(manager, config, runtime));
+        if let Some(interval) = cleanup_interval {
+            crate::cleanup::start(&shared, interval);
+        }
+        Ok(ConnectionPool::from_shared(shared))
+    }
+}
+
+impl<M: ConnectionManager> fmt::Debug for Builder<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .field("runtime", &self.runtime.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,215 @@
+//! Expiry of idle connections and the `min_idle` top-up: a synchronous pass with the time
+//! passed in (so loom models and manual clocks can call it), and the background loop that runs
+//! it through the [`Runtime`](crate::Runtime) every `cleanup_interval`.
+//!
+//! The pass never holds a pool-wide lock: it pops each idle connection it inspects and pushes
+//! the keepers back, notifying a waiter for each, exactly as a return does. A checkout racing
+//! it simply finds another connection, creates one, or is woken by the push-back.
+
+use crate::{
+    error::PoolError,
+    manager::ConnectionManager,
+    pool::{ConnectionPool, Shared, Slot},
+    runtime::run_bounded,
+    status::Stats,
+    sync::Ordering,
+};
+use std::time::{Duration, Instant};
+
+/// What one [`ConnectionPool::cleanup_pass`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CleanupReport {
+    /// Idle connections looked at.
+    pub inspected: usize,
+    /// Connections destroyed because they sat idle longer than `max_idle_time`.
+    pub idle_expired: usize,
+    /// Connections destroyed because they outlived `max_lifetime`.
+    pub lifetime_expired: usize,
+}
+
+impl<M: ConnectionManager> Shared<M> {
+    pub(crate) fn cleanup_pass(&self, now: Instant) -> CleanupReport {
+        let mut report = CleanupReport::default();
+        // Look at each connection that was idle when the pass began, once; connections
+        // returned meanwhile are fresh and go to the back of the queue anyway.
+        for _ in 0..self.idle.len() {
+            let Some(conn) = self.idle.pop() else { break };
+            report.inspected += 1;
+            match self.expiry(&conn, now) {
+                Some(reason) => {
+                    match reason {
+                        crate::DestroyReason::MaxLifetime => report.lifetime_expired += 1,
+                        _ => report.idle_expired += 1,
+                    }
+                    self.destroy(conn, reason);
+                }
+                // Back to the queue, waking a waiter that may have missed it while it was out.
+                None => self.push_idle(conn),
+            }
+        }
+        if report.idle_expired + report.lifetime_expired > 0 {
+            log::debug!(
+                "{}: cleanup closed {} idle and {} aged connections; size {}, idle {}",
+                self.config.name,
+                report.idle_expired,
+                report.lifetime_expired,
+                self.size.load(Ordering::Relaxed),
+                self.idle.len(),
+            );
+        }
+        report
+    }
+
+    /// Creates connections until `min_idle` are idle, the pool is full, or a create fails.
+    pub(crate) async fn top_up(&self) -> usize {
+        let mut created = 0;
+        while !self.is_closed() && self.idle.len() < self.config.min_idle {
+            let Some(slot) = Slot::reserve(self) else {
+                break;
+            };
+            let start = self.now();
+            let limit = self
+                .config
+                .connection_timeout
+                .and_then(|t| start.checked_add(t));
+            let result = run_bounded(
+                self.runtime.as_deref(),
+                limit,
+                self.manager.create_connection(),
+            )
+            .await;
+            let now = self.now();
+            match result {
+                Ok(Ok(raw)) => {
+                    Stats::bump(&self.stats.created);
+                    created += 1;
+                    let conn = slot.fill(self.new_conn(raw, now));
+                    self.push_idle(conn);
+                }
+                Ok(Err(error)) => {
+                    drop(slot);
+                    self.record_create_error(error.to_string(), now);
+                    break;
+                }
+                Err(_) => {
+                    drop(slot);
+                    let message = "create_connection did not finish in time".to_owned();
+                    self.record_create_error(message, now);
+                    break;
+                }
+            }
+        }
+        if created > 0 {
+            log::debug!(
+                "{}: created {created} connections to keep min_idle {}; size {}, idle {}",
+                self.config.name,
+                self.config.min_idle,
+                self.size.load(Ordering::Relaxed),
+                self.idle.len(),
+            );
+        }
+        created
+    }
+
+    /// Whether the loop numbered `generation` should keep running.
+    fn cleanup_current(&self, generation: u64) -> bool {
+        !self.is_closed() && self.cleanup_generation.load(Ordering::Acquire) == generation
+    }
+}
+
+/// Spawns the cleanup loop; it stops when the pool closes, when the last pool reference is
+/// gone, or when `stop_cleanup_task`/`restart_cleanup_task` bumps the generation.
+#[cfg(not(loom))]
+pub(crate) fn start<M: ConnectionManager>(
+    shared: &crate::sync::Arc<Shared<M>>,
+    interval: Duration,
+) {
+    let Some(runtime) = shared.runtime.as_deref() else {
+        return;
+    };
+    let generation = shared.cleanup_generation.fetch_add(1, Ordering::AcqRel) + 1;
+    let pool = crate::sync::Arc::downgrade(shared);
+    runtime.spawn(Box::pin(run(pool, generation, interval)));
+}
+
+/// Under loom there is neither time nor `Weak`; models call the pass directly.
+#[cfg(loom)]
+pub(crate) fn start<M: ConnectionManager>(
+    shared: &crate::sync::Arc<Shared<M>>,
+    interval: Duration,
+) {
+    let _ = (shared, interval);
+}
+
+/// The background loop. It holds only a weak reference between ticks, so dropping the pool
+/// ends it.
+#[cfg(not(loom))]
+async fn run<M: ConnectionManager>(
+    pool: crate::sync::Weak<Shared<M>>,
+    generation: u64,
+    interval: Duration,
+) {
+    loop {
+        let tick = {
+            let Some(shared) = pool.upgrade() else { return };
+            if !shared.cleanup_current(generation) {
+                return;
+            }
+            shared.top_up().await;
+            let Some(runtime) = shared.runtime.as_deref() else {
+                return;
+            };
+            runtime.sleep(interval)
+        };
+        tick.await;
+        let Some(shared) = pool.upgrade() else { return };
+        if !shared.cleanup_current(generation) {
+            return;
+        }
+        let now = shared.now();
+        shared.cleanup_pass(now);
+    }
+}
+
+impl<M: ConnectionManager> ConnectionPool<M> {
+    /// Runs one cleanup pass now, as the background task does every `cleanup_interval`:
+    /// destroys idle connections past `max_lifetime`, and past `max_idle_time` while more than
+    /// `min_idle` are idle. It does not create connections.
+    ///
+    /// `now` is the time to judge expiry by; pass [`ConnectionPool::now`] unless you drive a
+    /// manual clock. It never blocks: connections are inspected one at a time, so checkouts
+    /// and returns proceed concurrently.
+    pub fn cleanup_pass(&self, now: Instant) -> CleanupReport {
+        self.shared.cleanup_pass(now)
+    }
+
+    /// Stops the background cleanup task; it ends at its next tick. Expiry is still enforced
+    /// at checkout and return.
+    pub fn stop_cleanup_task(&self) {
+        self.shared
+            .cleanup_generation
+            .fetch_add(1, Ordering::AcqRel);
+        log::debug!("{}: cleanup task stopped", self.shared.config.name);
+    }
+
+    /// Replaces the background cleanup task with one that runs every `interval`.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::Config`] for a zero or overflowing interval, [`PoolError::NoRuntime`]
+    /// without a runtime, [`PoolError::Closed`] on a closed pool.
+    pub fn restart_cleanup_task(&self, interval: Duration) -> Result<(), PoolError<M::Error>> {
+        crate::config::check_duration("cleanup_interval", interval)?;
+        self.runtime_or_err("cleanup_interval")?;
+        if self.is_closed() {
+            return Err(PoolError::Closed);
+        }
+        start(&self.shared, interval);
+        log::debug!(
+            "{}: cleanup task restarted every {interval:?}",
+            self.shared.config.name
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! The guard handed out by the pool, and the record kept for each connection.
+
+use crate::{manager::ConnectionManager, pool::Shared, sync::Arc};
+use std::{
+    fmt,
+    ops::{Deref, DerefMut},
+    time::Instant,
+};
+
+/// A connection plus the timestamps the pool needs to expire it.
+pub(crate) struct Conn<C> {
+    /// The user's connection.
+    pub(crate) raw: C,
+    /// When `max_lifetime` (less its jitter) runs out, if it is set.
+    pub(crate) expires_at: Option<Instant>,
+    /// When the connection was last put into the idle queue (or created).
+    pub(crate) idle_since: Instant,
+}
+
+/// A connection checked out of a [`ConnectionPool`](crate::ConnectionPool).
+///
+/// It dereferences to the connection. Dropping it returns the connection to the pool at once,
+/// synchronously, without I/O or spawning; the connection is destroyed instead when it is
+/// [broken](Self::mark_broken), when
+/// [`ConnectionManager::has_broken`](crate::ConnectionManager::has_broken) says so, when it
+/// outlived `max_lifetime`, when the pool is closed, or when the guard is dropped while the
+/// thread is panicking (the connection may be mid-transaction).
+pub struct PooledConnection<M: ConnectionManager> {
+    /// `Some` from checkout until `Drop` or `detach` takes it; it owns one slot of the pool's
+    /// size counter.
+    conn: Option<Conn<M::Connection>>,
+    /// The pool the connection goes back to.
+    shared: Arc<Shared<M>>,
+    /// Set by `mark_broken`: destroy instead of returning.
+    broken: bool,
+}
+
+impl<M: ConnectionManager> PooledConnection<M> {
+    pub(crate) fn new(shared: Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
+        Self {
+            conn: Some(conn),
+            shared,
+            broken: false,
+        }
+    }
+
+    /// Takes the connection out of the pool for good.
+    ///
+    /// Its slot is freed at once, so the pool may create a replacement; the connection is no
+    /// longer counted, expired or closed by the pool.
+    pub fn detach(mut self) -> M::Connection {
+        let conn = self.conn.take().expect("connection present until drop");
+        self.shared.detach(conn)
+    }
+
+    /// Marks the connection as broken: it is destroyed instead of returned when the guard is
+    /// dropped. Call it after an I/O error or a cancelled request left the connection in an
+    /// unknown state.
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether [`mark_broken`](Self::mark_broken) was called.
+    pub fn is_marked_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn conn(&self) -> &Conn<M::Connection> {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl<M: ConnectionManager> Deref for PooledConnection<M> {
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        &self.conn().raw
+    }
+}
+
+impl<M: ConnectionManager> DerefMut for PooledConnection<M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        &mut self
+            .conn
+            .as_mut()
+            .expect("connection present until drop")
+            .raw
+    }
+}
+
+impl<M: ConnectionManager> Drop for PooledConnection<M> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.shared.recycle(conn, self.broken);
+        }
+    }
+}
+
+impl<M: ConnectionManager> fmt::Debug for PooledConnection<M>
+where
+    M::Connection: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("connection", &self.conn().raw)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}

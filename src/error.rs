@@ -1,0 +1,126 @@
+//! Errors returned by the pool and by its builder.
+
+use std::{error::Error, fmt};
+
+/// What a timed-out `get_connection` was doing when its time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeoutPhase {
+    /// Waiting for another task to return a connection or free a slot.
+    Waiting,
+    /// Running [`ConnectionManager::create_connection`](crate::ConnectionManager::create_connection).
+    Creating,
+    /// Running [`ConnectionManager::is_valid`](crate::ConnectionManager::is_valid) on an idle
+    /// connection.
+    Validating,
+}
+
+impl fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Waiting => "waiting for a free connection",
+            TimeoutPhase::Creating => "creating a connection",
+            TimeoutPhase::Validating => "validating an idle connection",
+        })
+    }
+}
+
+/// The error type of every fallible pool operation.
+///
+/// `E` is the manager's [`ConnectionManager::Error`](crate::ConnectionManager::Error).
+#[derive(Debug)]
+pub enum PoolError<E> {
+    /// A deadline passed before a connection was ready.
+    Timeout {
+        /// What the call was doing when its time ran out.
+        phase: TimeoutPhase,
+        /// The message of the most recent `create_connection` failure in this pool during the
+        /// call, if there was one: it usually explains why no connection became free.
+        last_error: Option<String>,
+    },
+    /// The manager failed to create a connection.
+    Backend(E),
+    /// The pool was closed by [`ConnectionPool::close`](crate::ConnectionPool::close) or by
+    /// dropping every handle to it.
+    Closed,
+    /// The configuration was rejected.
+    Config(ConfigError),
+    /// A timeout or the cleanup task was configured but no [`Runtime`](crate::Runtime) was
+    /// given to supply timers and spawning.
+    NoRuntime {
+        /// The setting that needs a runtime.
+        setting: &'static str,
+    },
+}
+
+impl<E: fmt::Display> fmt::Display for PoolError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::Timeout { phase, last_error } => {
+                write!(f, "timed out {phase}")?;
+                match last_error {
+                    Some(e) => write!(f, "; the last connection attempt failed with: {e}"),
+                    None if *phase == TimeoutPhase::Waiting => f.write_str(
+                        "; every connection is in use: return guards sooner, raise max_size or \
+                         wait_timeout",
+                    ),
+                    None => f.write_str("; check that the server is reachable and responsive"),
+                }
+            }
+            PoolError::Backend(e) => write!(f, "could not create a connection: {e}"),
+            PoolError::Closed => f.write_str("the pool is closed; build a new pool to continue"),
+            PoolError::Config(e) => write!(f, "invalid pool configuration: {e}"),
+            PoolError::NoRuntime { setting } => write!(
+                f,
+                "`{setting}` needs a runtime: pass one with Builder::runtime (for example \
+                 TokioRuntime or SmolRuntime) or set `{setting}` to None"
+            ),
+        }
+    }
+}
+
+impl<E: Error + 'static> Error for PoolError<E> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            PoolError::Backend(e) => Some(e),
+            PoolError::Config(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E> From<ConfigError> for PoolError<E> {
+    fn from(e: ConfigError) -> Self {
+        PoolError::Config(e)
+    }
+}
+
+/// A configuration value the builder rejected, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The name of the offending setting, as spelled on the builder.
+    field: &'static str,
+    /// What is wrong with it and what to use instead.
+    reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The name of the rejected setting, for example `"max_size"`.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` {}", self.field, self.reason)
+    }
+}
+
+impl Error for ConfigError {}

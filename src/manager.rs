@@ -1,0 +1,77 @@
+//! The trait users implement to plug their connection type into the pool.
+
+use std::future::Future;
+
+/// Creates and checks connections of one kind (TCP, database, HTTP, anything).
+///
+/// Implement it with plain `async fn`s: the trait declares its methods as returning
+/// `impl Future + Send`, so no boxing and no `async-trait` are needed.
+///
+/// # Examples
+///
+/// ```
+/// use connection_pool::ConnectionManager;
+///
+/// struct Counter;
+///
+/// #[derive(Debug)]
+/// struct Never;
+/// impl std::fmt::Display for Never {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("never fails")
+///     }
+/// }
+/// impl std::error::Error for Never {}
+///
+/// impl ConnectionManager for Counter {
+///     type Connection = u64;
+///     type Error = Never;
+///
+///     async fn create_connection(&self) -> Result<u64, Never> {
+///         Ok(42)
+///     }
+///
+///     async fn is_valid(&self, conn: &mut u64) -> Result<(), Never> {
+///         // A real manager sends a ping and waits for the pong here.
+///         let _ = conn;
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait ConnectionManager: Send + Sync + 'static {
+    /// The connection type the pool hands out.
+    type Connection: Send + 'static;
+
+    /// The error `create_connection` and `is_valid` fail with.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Opens a new connection.
+    ///
+    /// The pool bounds it with `connection_timeout` and drops the future on timeout or when the
+    /// caller of `get_connection` is cancelled, so it must be safe to drop at any await point.
+    fn create_connection(
+        &self,
+    ) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
+
+    /// Checks that an idle connection still works before it is handed out.
+    ///
+    /// Make this an application-level round trip (send `PING` and expect `PONG`, run `SELECT 1`):
+    /// a socket that still has a peer address can be long dead. Return an error to have the pool
+    /// destroy the connection and try another one. It runs only when the pool's
+    /// [`ValidationPolicy`](crate::ValidationPolicy) asks for it, bounded by
+    /// `validation_timeout`; a connection whose check is cancelled or times out is destroyed,
+    /// since it may hold a half-read reply.
+    fn is_valid(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Cheap synchronous check run when a connection is returned: `true` destroys it.
+    ///
+    /// It runs inside `Drop`, so it must not block or do I/O; look at a flag your connection
+    /// type keeps (for example "the last read hit EOF"). The default says "not broken".
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        let _ = conn;
+        false
+    }
+}

@@ -1,0 +1,513 @@
+//! `ConnectionPool` and the state its handles and guards share.
+//!
+//! # Implementation details
+//!
+//! ## State
+//!
+//! * `idle`: a bounded lock-free queue (crossbeam's `ArrayQueue`) of connections nobody holds,
+//!   with capacity `max_size`.
+//! * `size`: the number of *slots* in use. A slot is taken (by compare-and-swap, never past
+//!   `max_size`) before a connection is created, travels with the connection through the idle
+//!   queue and every guard, and is given back only after the connection value has been dropped
+//!   (or detached). Every connection that exists owns a slot, so at most `max_size` connections
+//!   ever exist and a push into the idle queue can never find it full.
+//! * `event`: an `event-listener` event, notified once for every connection pushed into the
+//!   idle queue and for every slot given back.
+//! * `closed`: set once by `close()`; never cleared.
+//!
+//! ## Wake-up protocol
+//!
+//! A getter tries, in order: pop an idle connection; reserve a slot and create one. When both
+//! fail it creates a listener, then *re-checks* both (and `closed`) before awaiting the
+//! listener. A return or release that lands between the failed try and the listener's
+//! registration is seen by the re-check; one that lands after the registration notifies the
+//! listener. `notify` issues a full fence before it reads the listener count, which pairs with
+//! the fence inside listener registration.
+//!
+//! Producers call `notify_additional(1)`: every returned connection or freed slot wakes one
+//! waiter that has not been woken yet, so two returns before the first woken waiter runs wake
+//! two waiters (a plain `notify(1)` would wake one; smol-rs/async-lock#18). A woken waiter that
+//! loses its connection to a task that never waited simply listens again: whatever it was woken
+//! for was consumed by someone. A listener dropped after being notified but before it completed
+//! (a cancelled or timed-out `get`) passes the notification on to the next listener; that is
+//! event-listener's behaviour on drop. Once a woken waiter has completed its listener it acts
+//! without awaiting, so it cannot be cancelled while holding a wake-up.
+//!
+//! ## Closing
+//!
+//! `close()` sets `closed`, wakes every listener, then drains the idle queue. A concurrent
+//! return pushes its connection, notifies and then re-reads `closed`, draining the queue itself
+//! if it is set. Both sides write first and read second with a full fence between (the one in
+//! `notify`), so at least one of them sees the other: no connection stays idle in a closed pool.
+//!
+//! ## Slots and cancellation
+//!
+//! Every slot that is not inside a `PooledConnection` or the idle queue is held by a [`Slot`]
+//! guard, so a dropped `get` future, a failed or timed-out create, a failed validation and a
+//! panic in user code all give the slot back and wake a waiter.
+
+use crate::{
+    config::{Config, ValidationPolicy},
+    connection::{Conn, PooledConnection},
+    error::PoolError,
+    manager::ConnectionManager,
+    runtime::Runtime,
+    status::{DestroyReason, Stats, Status},
+    sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, IdleQueue, Mutex, Ordering},
+};
+use event_listener::Event;
+use std::{fmt, time::Instant};
+
+/// An async pool of connections created by a [`ConnectionManager`].
+///
+/// Cloning is cheap and every clone refers to the same pool; it is `Send + Sync`. Dropping the
+/// last handle closes the pool (see [`close`](Self::close)); connections still checked out are
+/// destroyed when their guards drop.
+///
+/// # Examples
+///
+/// ```
+/// # use connection_pool::{ConnectionManager, ConnectionPool};
+/// # struct Numbers;
+/// # impl ConnectionManager for Numbers {
+/// #     type Connection = u32;
+/// #     type Error = std::io::Error;
+/// #     async fn create_connection(&self) -> Result<u32, std::io::Error> { Ok(7) }
+/// #     async fn is_valid(&self, _: &mut u32) -> Result<(), std::io::Error> { Ok(()) }
+/// # }
+/// # futures_lite::future::block_on(async {
+/// let pool = ConnectionPool::builder(Numbers)
+///     .max_size(4)
+///     .no_runtime() // no timeouts, no cleanup task: nothing needs an executor
+///     .build()?;
+///
+/// let conn = pool.get_connection().await?;
+/// assert_eq!(*conn, 7);
+/// drop(conn); // back in the pool
+/// assert_eq!(pool.status().idle, 1);
+/// # Ok::<(), connection_pool::PoolError<std::io::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct ConnectionPool<M: ConnectionManager> {
+    pub(crate) shared: Arc<Shared<M>>,
+}
+
+/// State shared by the pool's handles, its guards and its cleanup task.
+pub(crate) struct Shared<M: ConnectionManager> {
+    pub(crate) manager: M,
+    pub(crate) config: Config,
+    /// Supplies timers, spawning and the clock; `None` only when nothing needs it.
+    pub(crate) runtime: Option<Box<dyn Runtime>>,
+    /// Connections nobody holds. Each owns one slot of `size`.
+    pub(crate) idle: IdleQueue<Conn<M::Connection>>,
+    /// Slots in use: connections that exist plus creations in flight; never above `max_size`.
+    pub(crate) size: AtomicUsize,
+    /// `get_connection` calls currently listening on `event`.
+    pub(crate) waiters: AtomicUsize,
+    /// Set once by `close`.
+    pub(crate) closed: AtomicBool,
+    /// Live `ConnectionPool` handles; the last one to drop closes the pool.
+    pub(crate) handles: AtomicUsize,
+    /// Notified once per connection pushed into `idle` and once per slot given back.
+    pub(crate) event: Event,
+    pub(crate) stats: Stats,
+    /// When and why the most recent `create_connection` failed; touched only when one fails
+    /// and when a `get` times out, never on the checkout or return path.
+    pub(crate) last_create_error: Mutex<Option<(Instant, String)>>,
+    /// Bumped to stop the running cleanup loop; a loop runs while its number is current.
+    pub(crate) cleanup_generation: AtomicU64,
+}
+
+impl<M: ConnectionManager> Shared<M> {
+    pub(crate) fn new(manager: M, config: Config, runtime: Option<Box<dyn Runtime>>) -> Self {
+        Self {
+            idle: IdleQueue::new(config.max_size),
+            manager,
+            config,
+            runtime,
+            size: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            handles: AtomicUsize::new(1),
+            event: Event::new(),
+            stats: Stats::default(),
+            last_create_error: Mutex::new(None),
+            cleanup_generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The pool's clock: the runtime's, or the system's when there is no runtime.
+    pub(crate) fn now(&self) -> Instant {
+        match &self.runtime {
+            Some(runtime) => runtime.now(),
+            None => Instant::now(),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Wraps a freshly created connection, stamping its lifetime with up to 2.5 % jitter so
+    /// that connections created in a burst do not all expire together.
+    pub(crate) fn new_conn(&self, raw: M::Connection, now: Instant) -> Conn<M::Connection> {
+        let expires_at = self.config.max_lifetime.map(|lifetime| {
+            let jitter = lifetime.mul_f64(fastrand::f64() * 0.025);
+            now + (lifetime - jitter)
+        });
+        Conn {
+            raw,
+            expires_at,
+            idle_since: now,
+        }
+    }
+
+    /// Why an idle connection must not be handed out any more, if it must not.
+    pub(crate) fn expiry(&self, conn: &Conn<M::Connection>, now: Instant) -> Option<DestroyReason> {
+        if conn.expires_at.is_some_and(|at| at <= now) {
+            return Some(DestroyReason::MaxLifetime);
+        }
+        let max_idle = self.config.max_idle_time?;
+        // Connections up to `min_idle` are kept warm however long they wait.
+        if now.saturating_duration_since(conn.idle_since) >= max_idle
+            && self.idle.len() >= self.config.min_idle
+        {
+            return Some(DestroyReason::IdleTimeout);
+        }
+        None
+    }
+
+    pub(crate) fn needs_validation(&self, conn: &Conn<M::Connection>, now: Instant) -> bool {
+        match self.config.validation {
+            ValidationPolicy::Always => true,
+            ValidationPolicy::Never => false,
+            ValidationPolicy::IdleLongerThan(threshold) => {
+                now.saturating_duration_since(conn.idle_since) > threshold
+            }
+        }
+    }
+
+    /// Takes a slot if one is free. Compare-and-swap, so two racing callers cannot both take
+    /// the last one.
+    pub(crate) fn try_reserve(&self) -> bool {
+        let max = self.config.max_size;
+        self.size
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |size| {
+                (size < max).then_some(size + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a slot back and wakes one waiter, who may now create a connection.
+    pub(crate) fn release_slot(&self) {
+        let previous = self.size.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(previous > 0, "released a slot that was never taken");
+        self.event.notify_additional(1);
+    }
+
+    /// Drops a connection, then gives its slot back.
+    pub(crate) fn destroy(&self, conn: Conn<M::Connection>, reason: DestroyReason) {
+        drop(conn);
+        self.stats.destroyed(reason);
+        self.release_slot();
+        log::debug!(
+            "{}: destroyed a connection ({}); size {}, idle {}",
+            self.config.name,
+            reason.as_str(),
+            self.size.load(Ordering::Relaxed),
+            self.idle.len(),
+        );
+    }
+
+    /// Puts a connection (which owns a slot) into the idle queue and wakes one waiter.
+    pub(crate) fn push_idle(&self, conn: Conn<M::Connection>) {
+        if let Err(conn) = self.idle.push(conn) {
+            // Unreachable: every queued connection owns one of `max_size` slots.
+            debug_assert!(false, "idle queue overflow: slot accounting is broken");
+            self.destroy(conn, DestroyReason::Closed);
+            return;
+        }
+        // One wake-up per connection (see "Wake-up protocol"). The full fence inside `notify`
+        // also orders the push before the `closed` check below (see "Closing").
+        self.event.notify_additional(1);
+        if self.closed.load(Ordering::SeqCst) {
+            self.drain_idle();
+        }
+    }
+
+    /// The return path of `PooledConnection::drop`: synchronous, bounded, no I/O, no spawning.
+    pub(crate) fn recycle(&self, conn: Conn<M::Connection>, broken: bool) {
+        if std::thread::panicking() {
+            self.destroy(conn, DestroyReason::Panicked);
+            return;
+        }
+        if broken {
+            self.destroy(conn, DestroyReason::Broken);
+            return;
+        }
+        // `has_broken` is user code: if it panics, the guard destroys the connection and gives
+        // the slot back while unwinding.
+        let mut slot = Slot::holding(self, conn, DestroyReason::Panicked);
+        if self.manager.has_broken(&mut slot.conn_mut().raw) {
+            slot.destroy(DestroyReason::Broken);
+            return;
+        }
+        if self.is_closed() {
+            slot.destroy(DestroyReason::Closed);
+            return;
+        }
+        let now = self.now();
+        if slot.conn_mut().expires_at.is_some_and(|at| at <= now) {
+            slot.destroy(DestroyReason::MaxLifetime);
+            return;
+        }
+        let mut conn = slot.into_conn();
+        conn.idle_since = now;
+        self.push_idle(conn);
+        log::trace!(
+            "{}: connection returned; idle {}",
+            self.config.name,
+            self.idle.len()
+        );
+    }
+
+    /// Takes a checked-out connection out of the pool's accounting for good.
+    pub(crate) fn detach(&self, conn: Conn<M::Connection>) -> M::Connection {
+        Stats::bump(&self.stats.detached);
+        self.release_slot();
+        log::debug!("{}: connection detached", self.config.name);
+        conn.raw
+    }
+
+    /// Destroys every idle connection; used once the pool is closed.
+    pub(crate) fn drain_idle(&self) {
+        while let Some(conn) = self.idle.pop() {
+            self.destroy(conn, DestroyReason::Closed);
+        }
+    }
+
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        log::debug!(
+            "{}: closing; size {}, idle {}, waiters {}",
+            self.config.name,
+            self.size.load(Ordering::Relaxed),
+            self.idle.len(),
+            self.waiters.load(Ordering::Relaxed),
+        );
+        // Wake every waiter: each re-checks `closed` and fails with `Closed`. The full fence
+        // inside `notify` orders the store above before the drain below (see "Closing").
+        self.event.notify(usize::MAX);
+        self.drain_idle();
+    }
+
+    pub(crate) fn record_create_error(&self, message: String, now: Instant) {
+        Stats::bump(&self.stats.create_failures);
+        log::warn!(
+            "{}: could not create a connection: {message}; size {}, waiters {}",
+            self.config.name,
+            self.size.load(Ordering::Relaxed),
+            self.waiters.load(Ordering::Relaxed),
+        );
+        if let Ok(mut last) = self.last_create_error.lock() {
+            *last = Some((now, message));
+        }
+    }
+
+    /// The most recent creation failure, if it happened at or after `since`.
+    pub(crate) fn create_error_since(&self, since: Instant) -> Option<String> {
+        let last = self.last_create_error.lock().ok()?;
+        match &*last {
+            Some((at, message)) if *at >= since => Some(message.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let size = self.size.load(Ordering::Acquire);
+        let idle = self.idle.len();
+        Status {
+            max_size: self.config.max_size,
+            size,
+            idle,
+            in_use: size.saturating_sub(idle),
+            waiters: self.waiters.load(Ordering::Acquire),
+            counters: self.stats.snapshot(),
+        }
+    }
+}
+
+/// One slot of the pool's size counter, held while no guard or queue holds it.
+///
+/// Dropping it (cancellation, error, panic) destroys the connection it may hold and gives the
+/// slot back, waking a waiter.
+pub(crate) struct Slot<'a, M: ConnectionManager> {
+    shared: &'a Shared<M>,
+    /// A connection that owns this slot, while it is being validated or inspected.
+    conn: Option<Conn<M::Connection>>,
+    /// `false` once ownership of the slot has passed elsewhere.
+    armed: bool,
+    /// Why the connection is destroyed if the guard is dropped while armed.
+    drop_reason: DestroyReason,
+}
+
+impl<'a, M: ConnectionManager> Slot<'a, M> {
+    /// Reserves an empty slot for a connection about to be created.
+    pub(crate) fn reserve(shared: &'a Shared<M>) -> Option<Self> {
+        // Build the guard only once the slot is ours: dropping an armed guard releases one.
+        shared.try_reserve().then(|| Self {
+            shared,
+            conn: None,
+            armed: true,
+            drop_reason: DestroyReason::Closed,
+        })
+    }
+
+    /// Guards the slot owned by `conn`.
+    pub(crate) fn holding(
+        shared: &'a Shared<M>,
+        conn: Conn<M::Connection>,
+        drop_reason: DestroyReason,
+    ) -> Self {
+        Self {
+            shared,
+            conn: Some(conn),
+            armed: true,
+            drop_reason,
+        }
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut Conn<M::Connection> {
+        self.conn.as_mut().expect("slot holds a connection")
+    }
+
+    /// Hands the slot to `conn` (or to the connection already held) and disarms the guard.
+    pub(crate) fn into_conn(mut self) -> Conn<M::Connection> {
+        self.armed = false;
+        self.conn.take().expect("slot holds a connection")
+    }
+
+    /// Hands the slot to a freshly created connection.
+    pub(crate) fn fill(mut self, conn: Conn<M::Connection>) -> Conn<M::Connection> {
+        debug_assert!(self.conn.is_none());
+        self.armed = false;
+        conn
+    }
+
+    /// Destroys the held connection (if any) and gives the slot back now.
+    pub(crate) fn destroy(mut self, reason: DestroyReason) {
+        self.drop_reason = reason;
+    }
+}
+
+impl<M: ConnectionManager> Drop for Slot<'_, M> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        match self.conn.take() {
+            Some(conn) => self.shared.destroy(conn, self.drop_reason),
+            None => self.shared.release_slot(),
+        }
+    }
+}
+
+impl<M: ConnectionManager> ConnectionPool<M> {
+    /// Wraps freshly built shared state; it starts with one handle.
+    pub(crate) fn from_shared(shared: Arc<Shared<M>>) -> Self {
+        Self { shared }
+    }
+
+    /// Returns an idle connection at once if one is ready, without waiting, creating or
+    /// validating.
+    ///
+    /// Returns `None` when no idle connection is ready, when the pool is closed, and when other
+    /// tasks are already waiting in `get_connection` (so that it never jumps the queue). It does
+    /// no I/O: connections are not validated here, only checked for expiry.
+    pub fn try_get_connection(&self) -> Option<PooledConnection<M>> {
+        let shared = &self.shared;
+        if shared.is_closed() || shared.waiters.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        loop {
+            let conn = shared.idle.pop()?;
+            let now = shared.now();
+            match shared.expiry(&conn, now) {
+                Some(reason) => shared.destroy(conn, reason),
+                None => {
+                    log::trace!("{}: try_get checked out a connection", shared.config.name);
+                    return Some(PooledConnection::new(Arc::clone(shared), conn));
+                }
+            }
+        }
+    }
+
+    /// A snapshot of sizes and cumulative counters.
+    pub fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    /// Closes the pool.
+    ///
+    /// New `get_connection` calls fail with [`PoolError::Closed`], waiting ones wake up with
+    /// it, idle connections are dropped now and checked-out ones when their guards drop. The
+    /// cleanup task stops at its next tick. Closing twice does nothing.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Whether [`close`](Self::close) was called or every handle was dropped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// The settings the pool was built with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The manager that creates this pool's connections.
+    pub fn manager(&self) -> &M {
+        &self.shared.manager
+    }
+
+    /// The time the pool measures with: its runtime's clock, or the system clock.
+    pub fn now(&self) -> Instant {
+        self.shared.now()
+    }
+
+    pub(crate) fn runtime_or_err(&self, setting: &'static str) -> Result<(), PoolError<M::Error>> {
+        match self.shared.runtime {
+            Some(_) => Ok(()),
+            None => Err(PoolError::NoRuntime { setting }),
+        }
+    }
+}
+
+impl<M: ConnectionManager> Clone for ConnectionPool<M> {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<M: ConnectionManager> Drop for ConnectionPool<M> {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.close();
+        }
+    }
+}
+
+impl<M: ConnectionManager> fmt::Debug for ConnectionPool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionPool")
+            .field("name", &self.shared.config.name)
+            .field("status", &self.shared.status())
+            .finish()
+    }
+}

@@ -1,0 +1,86 @@
+//! The executor-facing side of the pool: spawning, timers and the clock.
+//!
+//! Getting and returning connections needs no runtime at all. Timeouts and the background
+//! cleanup task do, and they reach the executor only through [`Runtime`], so the pool runs on
+//! tokio, smol, async-std or any executor a user can write a dozen lines for.
+
+use std::{future::Future, pin::Pin, time::Duration, time::Instant};
+
+#[cfg(feature = "smol")]
+mod smol;
+#[cfg(feature = "tokio")]
+mod tokio;
+
+#[cfg(feature = "smol")]
+pub use self::smol::SmolRuntime;
+#[cfg(feature = "tokio")]
+pub use self::tokio::TokioRuntime;
+
+/// A boxed, sendable future, the currency of [`Runtime`].
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What the pool needs from an async executor.
+///
+/// Implementations ship for tokio ([`TokioRuntime`], feature `tokio`) and smol/async-std
+/// ([`SmolRuntime`], feature `smol`). Implement it yourself for another executor, or with a
+/// manual clock to test time-dependent behaviour without sleeping.
+///
+/// # Examples
+///
+/// A runtime for smol written by hand (the crate's `SmolRuntime` does the same):
+///
+/// ```
+/// use connection_pool::{BoxFuture, Runtime};
+/// use std::time::Duration;
+///
+/// struct MySmol;
+///
+/// impl Runtime for MySmol {
+///     fn spawn(&self, task: BoxFuture<()>) {
+///         smol::spawn(task).detach();
+///     }
+///
+///     fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+///         Box::pin(async move {
+///             smol::Timer::after(duration).await;
+///         })
+///     }
+/// }
+/// ```
+pub trait Runtime: Send + Sync + 'static {
+    /// Runs `task` to completion in the background. The pool spawns only its cleanup loop.
+    fn spawn(&self, task: BoxFuture<()>);
+
+    /// A future that completes once `duration` has passed on this runtime's clock.
+    fn sleep(&self, duration: Duration) -> BoxFuture<()>;
+
+    /// The current time. Idle times, lifetimes and deadlines are measured with it, so a test
+    /// runtime can drive them with a manual clock.
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// Why [`run_bounded`] gave up on its future.
+pub(crate) struct Elapsed;
+
+/// Polls `future` until it finishes or `limit` passes, whichever is first.
+///
+/// The future is polled first on every wake-up, so a result that is ready together with the
+/// timer is kept.
+pub(crate) async fn run_bounded<F: Future>(
+    runtime: Option<&dyn Runtime>,
+    limit: Option<Instant>,
+    future: F,
+) -> Result<F::Output, Elapsed> {
+    let (Some(runtime), Some(limit)) = (runtime, limit) else {
+        return Ok(future.await);
+    };
+    let remaining = limit.saturating_duration_since(runtime.now());
+    let timer = runtime.sleep(remaining);
+    futures_lite::future::or(async { Ok(future.await) }, async {
+        timer.await;
+        Err(Elapsed)
+    })
+    .await
+}

@@ -1,0 +1,41 @@
+//! [`Runtime`] for smol and async-std.
+
+use super::{BoxFuture, Runtime};
+use std::time::Duration;
+
+/// Runs the pool's timers on async-io and its cleanup task on smol's global executor
+/// (feature `smol`).
+///
+/// async-std applications use it too: async-std is built on the same async-io reactor.
+///
+/// # Examples
+///
+/// ```
+/// use connection_pool::SmolRuntime;
+///
+/// let runtime = SmolRuntime::new();
+/// # let _ = runtime;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmolRuntime {
+    _private: (),
+}
+
+impl SmolRuntime {
+    /// Creates the runtime; it needs no set-up.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Runtime for SmolRuntime {
+    fn spawn(&self, task: BoxFuture<()>) {
+        ::smol::spawn(task).detach();
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        Box::pin(async move {
+            ::smol::Timer::after(duration).await;
+        })
+    }
+}

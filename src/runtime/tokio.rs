@@ -1,0 +1,76 @@
+//! [`Runtime`] for tokio.
+
+use super::{BoxFuture, Runtime};
+use std::{fmt, time::Duration, time::Instant};
+
+/// Runs the pool's timers and cleanup task on a tokio runtime (feature `tokio`).
+///
+/// It keeps a [`Handle`](::tokio::runtime::Handle), so a pool built with it works even when its
+/// methods are called from outside that runtime. Its clock is tokio's, so tests that pause time
+/// (`#[tokio::test(start_paused = true)]`) drive idle times and lifetimes too.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use connection_pool::TokioRuntime;
+///
+/// let runtime = TokioRuntime::current();
+/// # let _ = runtime;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TokioRuntime {
+    /// The runtime that runs the cleanup task and drives the timers.
+    handle: ::tokio::runtime::Handle,
+}
+
+impl TokioRuntime {
+    /// Uses the tokio runtime the caller is running on.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime, like
+    /// [`Handle::current`](::tokio::runtime::Handle::current). Use [`TokioRuntime::try_current`]
+    /// or [`TokioRuntime::from_handle`] there.
+    pub fn current() -> Self {
+        Self::from_handle(::tokio::runtime::Handle::current())
+    }
+
+    /// Uses the tokio runtime the caller is running on, or `None` outside one.
+    pub fn try_current() -> Option<Self> {
+        ::tokio::runtime::Handle::try_current()
+            .ok()
+            .map(Self::from_handle)
+    }
+
+    /// Uses the runtime behind `handle`.
+    pub fn from_handle(handle: ::tokio::runtime::Handle) -> Self {
+        Self { handle }
+    }
+}
+
+impl fmt::Debug for TokioRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokioRuntime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime for TokioRuntime {
+    fn spawn(&self, task: BoxFuture<()>) {
+        drop(self.handle.spawn(task));
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        // Entering the handle registers the timer with this runtime's driver even when the
+        // caller is not on a tokio thread.
+        let _entered = self.handle.enter();
+        Box::pin(::tokio::time::sleep(duration))
+    }
+
+    fn now(&self) -> Instant {
+        let _entered = self.handle.enter();
+        ::tokio::time::Instant::now().into_std()
+    }
+}

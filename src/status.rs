@@ -1,0 +1,153 @@
+//! Point-in-time numbers about a pool, and the counters behind them.
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Why the pool closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DestroyReason {
+    /// [`ConnectionManager::has_broken`](crate::ConnectionManager::has_broken) said so, or the
+    /// holder called [`PooledConnection::mark_broken`](crate::PooledConnection::mark_broken).
+    Broken,
+    /// [`ConnectionManager::is_valid`](crate::ConnectionManager::is_valid) failed.
+    ValidationFailed,
+    /// Validation was cancelled or timed out, so the connection may hold a half-read reply.
+    ValidationAborted,
+    /// It sat idle longer than `max_idle_time`.
+    IdleTimeout,
+    /// It lived longer than `max_lifetime`.
+    MaxLifetime,
+    /// The pool was closed.
+    Closed,
+    /// Its guard was dropped while the thread was panicking; it may be mid-transaction.
+    Panicked,
+}
+
+impl DestroyReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DestroyReason::Broken => "broken",
+            DestroyReason::ValidationFailed => "validation failed",
+            DestroyReason::ValidationAborted => "validation cancelled or timed out",
+            DestroyReason::IdleTimeout => "idle timeout",
+            DestroyReason::MaxLifetime => "max lifetime",
+            DestroyReason::Closed => "pool closed",
+            DestroyReason::Panicked => "dropped during a panic",
+        }
+    }
+}
+
+/// A snapshot of a pool's state, from [`ConnectionPool::status`](crate::ConnectionPool::status).
+///
+/// The fields are read one by one without a lock, so under load they may not add up exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Status {
+    /// The configured `max_size`.
+    pub max_size: usize,
+    /// Connections that exist, plus creations in flight.
+    pub size: usize,
+    /// Connections waiting in the pool to be checked out.
+    pub idle: usize,
+    /// `size - idle`: connections held by callers, being validated or being created.
+    pub in_use: usize,
+    /// `get_connection` calls currently waiting for a connection.
+    pub waiters: usize,
+    /// Totals since the pool was built.
+    pub counters: Counters,
+}
+
+/// Cumulative counts since the pool was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Connections created.
+    pub created: u64,
+    /// `create_connection` calls that failed or timed out.
+    pub create_failures: u64,
+    /// Connections taken out of the pool with
+    /// [`PooledConnection::detach`](crate::PooledConnection::detach).
+    pub detached: u64,
+    /// Connections destroyed, by reason.
+    pub destroyed: DestroyedCounts,
+    /// `get_connection` calls that had to wait for a connection.
+    pub waited: u64,
+    /// `get_connection` calls that timed out.
+    pub timeouts: u64,
+}
+
+/// Connections destroyed, one count per [`DestroyReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DestroyedCounts {
+    /// See [`DestroyReason::Broken`].
+    pub broken: u64,
+    /// See [`DestroyReason::ValidationFailed`].
+    pub validation_failed: u64,
+    /// See [`DestroyReason::ValidationAborted`].
+    pub validation_aborted: u64,
+    /// See [`DestroyReason::IdleTimeout`].
+    pub idle_timeout: u64,
+    /// See [`DestroyReason::MaxLifetime`].
+    pub max_lifetime: u64,
+    /// See [`DestroyReason::Closed`].
+    pub closed: u64,
+    /// See [`DestroyReason::Panicked`].
+    pub panicked: u64,
+}
+
+impl DestroyedCounts {
+    /// The sum over all reasons.
+    pub fn total(&self) -> u64 {
+        self.broken
+            + self.validation_failed
+            + self.validation_aborted
+            + self.idle_timeout
+            + self.max_lifetime
+            + self.closed
+            + self.panicked
+    }
+}
+
+/// The live counters. Only slow events (create, destroy, wait, timeout) touch them, so an
+/// uncontended checkout writes none of these cache lines.
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) created: AtomicU64,
+    pub(crate) create_failures: AtomicU64,
+    pub(crate) detached: AtomicU64,
+    pub(crate) waited: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    /// Indexed by `DestroyReason as usize`.
+    pub(crate) destroyed: [AtomicU64; 7],
+}
+
+impl Stats {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn destroyed(&self, reason: DestroyReason) {
+        Self::bump(&self.destroyed[reason as usize]);
+    }
+
+    pub(crate) fn snapshot(&self) -> Counters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let destroyed = |r: DestroyReason| get(&self.destroyed[r as usize]);
+        Counters {
+            created: get(&self.created),
+            create_failures: get(&self.create_failures),
+            detached: get(&self.detached),
+            waited: get(&self.waited),
+            timeouts: get(&self.timeouts),
+            destroyed: DestroyedCounts {
+                broken: destroyed(DestroyReason::Broken),
+                validation_failed: destroyed(DestroyReason::ValidationFailed),
+                validation_aborted: destroyed(DestroyReason::ValidationAborted),
+                idle_timeout: destroyed(DestroyReason::IdleTimeout),
+                max_lifetime: destroyed(DestroyReason::MaxLifetime),
+                closed: destroyed(DestroyReason::Closed),
+                panicked: destroyed(DestroyReason::Panicked),
+            },
+        }
+    }
+}

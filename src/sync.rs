@@ -1,0 +1,96 @@
+//! The one place that names the synchronisation primitives.
+//!
+//! Every atomic, `Arc` and the idle queue used by the pool come from here, so that the loom build
+//! (`RUSTFLAGS="--cfg loom"`) can swap them for loom's instrumented versions and explore their
+//! interleavings. `crossbeam_queue::ArrayQueue` is invisible to loom, so under `cfg(loom)` the idle
+//! queue is a `loom::sync::Mutex<VecDeque<T>>` with the same capacity contract. That stand-in is
+//! more strongly ordered than `ArrayQueue`: the pool's correctness must rest on its own atomics and
+//! on event-listener's fences, never on the queue's ordering.
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    Arc, Mutex, Weak,
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+};
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+};
+
+/// A bounded multi-producer multi-consumer queue of idle connections.
+///
+/// `push` hands the value back when the queue is full; the pool's size counter makes that
+/// impossible (a value only exists while it holds one of `capacity` slots), and the pool
+/// `debug_assert!`s it.
+#[cfg(not(loom))]
+pub(crate) struct IdleQueue<T> {
+    /// Lock-free bounded queue (Dmitry Vyukov's bounded MPMC array queue, as in crossbeam).
+    queue: crossbeam_queue::ArrayQueue<T>,
+}
+
+#[cfg(not(loom))]
+impl<T> IdleQueue<T> {
+    /// Creates a queue holding at most `capacity` values; `capacity` must be at least 1.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            queue: crossbeam_queue::ArrayQueue::new(capacity),
+        }
+    }
+
+    /// Appends `value`, or gives it back if the queue is full.
+    pub(crate) fn push(&self, value: T) -> Result<(), T> {
+        self.queue.push(value)
+    }
+
+    /// Removes the oldest value.
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.queue.pop()
+    }
+
+    /// The number of values in the queue; a snapshot that may be stale at once.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// Loom stand-in for the idle queue: a mutex-protected `VecDeque` with the same capacity check.
+#[cfg(loom)]
+pub(crate) struct IdleQueue<T> {
+    /// The queued values, oldest first.
+    queue: Mutex<std::collections::VecDeque<T>>,
+    /// The most values `queue` may hold.
+    capacity: usize,
+}
+
+#[cfg(loom)]
+impl<T> IdleQueue<T> {
+    /// Creates a queue holding at most `capacity` values.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            queue: Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    /// Appends `value`, or gives it back if the queue is full.
+    pub(crate) fn push(&self, value: T) -> Result<(), T> {
+        let mut queue = self.queue.lock().unwrap();
+        if queue.len() >= self.capacity {
+            return Err(value);
+        }
+        queue.push_back(value);
+        Ok(())
+    }
+
+    /// Removes the oldest value.
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.queue.lock().unwrap().pop_front()
+    }
+
+    /// The number of values in the queue.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.lock().unwrap().len()
+    }
+}

@@ -1,0 +1,171 @@
+//! Expiry by idle time and lifetime, `min_idle` top-up, and control of the cleanup task, all
+//! driven by a manual clock.
+
+mod common;
+
+use common::{ManualClock, ManualRuntime, TestManager, advance_until, eventually, running};
+use connection_pool::{Builder, ConnectionPool, PooledConnection, ValidationPolicy};
+use std::{sync::Arc, time::Duration};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn builder(manager: &TestManager, clock: &Arc<ManualClock>) -> Builder<TestManager> {
+    ConnectionPool::builder(manager.clone())
+        .max_size(20)
+        .max_idle_time(60 * SECOND)
+        .max_lifetime(100 * SECOND)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(clock))
+}
+
+async fn check_out(
+    pool: &ConnectionPool<TestManager>,
+    n: usize,
+) -> Vec<PooledConnection<TestManager>> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.get_connection().await.unwrap());
+    }
+    held
+}
+
+#[tokio::test]
+async fn idle_connections_expire_after_max_idle_time() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = builder(&manager, &clock).build().unwrap();
+    drop(check_out(&pool, 3).await);
+    let start = pool.now();
+    let report = pool.cleanup_pass(start + 59 * SECOND);
+    assert_eq!((report.inspected, report.idle_expired), (3, 0));
+    assert_eq!(pool.status().idle, 3, "kept, and still in the queue");
+    let report = pool.cleanup_pass(start + 61 * SECOND);
+    assert_eq!(report.idle_expired, 3);
+    assert_eq!(manager.counts.live(), 0);
+    assert_eq!(pool.status().counters.destroyed.idle_timeout, 3);
+}
+
+#[tokio::test]
+async fn idle_expiry_never_goes_below_min_idle() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = builder(&manager, &clock)
+        .min_idle(2)
+        .cleanup_interval(3600 * SECOND)
+        .build()
+        .unwrap();
+    eventually("min_idle is reached", || pool.status().idle == 2).await;
+    drop(check_out(&pool, 5).await);
+    let report = pool.cleanup_pass(pool.now() + 61 * SECOND);
+    assert_eq!(report.idle_expired, 3);
+    assert_eq!(pool.status().idle, 2);
+}
+
+#[tokio::test]
+async fn lifetime_expiry_applies_even_to_min_idle() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = builder(&manager, &clock)
+        .min_idle(2)
+        .max_idle_time(None)
+        .cleanup_interval(3600 * SECOND)
+        .build()
+        .unwrap();
+    eventually("min_idle is reached", || pool.status().idle == 2).await;
+    let start = pool.now();
+    // Jitter takes at most 2.5 % off the lifetime.
+    assert_eq!(pool.cleanup_pass(start + 97 * SECOND).lifetime_expired, 0);
+    assert_eq!(pool.cleanup_pass(start + 100 * SECOND).lifetime_expired, 2);
+    assert_eq!(manager.counts.live(), 0);
+}
+
+#[tokio::test]
+async fn lifetimes_are_jittered_so_a_burst_does_not_expire_together() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = builder(&manager, &clock)
+        .max_idle_time(None)
+        .build()
+        .unwrap();
+    drop(check_out(&pool, 20).await);
+    // Halfway into the 2.5 % jitter window each connection is expired with probability 1/2.
+    let report = pool.cleanup_pass(pool.now() + Duration::from_millis(98_750));
+    assert!(
+        report.lifetime_expired > 0 && report.lifetime_expired < 20,
+        "{report:?}"
+    );
+}
+
+#[tokio::test]
+async fn lifetime_is_enforced_on_return_and_at_checkout() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = builder(&manager, &clock)
+        .max_idle_time(None)
+        .build()
+        .unwrap();
+    let held = pool.get_connection().await.unwrap();
+    drop(pool.get_connection().await.unwrap());
+    clock.advance(101 * SECOND);
+    drop(held);
+    assert_eq!(
+        pool.status().counters.destroyed.max_lifetime,
+        1,
+        "on return"
+    );
+    let fresh = pool.get_connection().await.unwrap();
+    assert_eq!(fresh.id, 2, "the aged idle one was destroyed at checkout");
+    assert_eq!(pool.status().counters.destroyed.max_lifetime, 2);
+}
+
+#[tokio::test]
+async fn the_background_task_expires_and_tops_up() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = builder(&manager, &clock)
+        .min_idle(2)
+        .cleanup_interval(30 * SECOND)
+        .build()
+        .unwrap();
+    eventually("min_idle is reached at start", || pool.status().idle == 2).await;
+    drop(check_out(&pool, 6).await);
+    assert_eq!(pool.status().idle, 6);
+    advance_until(&clock, 30 * SECOND, "idle connections expire", || {
+        pool.status().idle == 2
+    })
+    .await;
+    assert_eq!(pool.status().counters.destroyed.idle_timeout, 4);
+
+    // Break both idle connections: the task creates replacements on its next tick.
+    for mut conn in check_out(&pool, 2).await {
+        conn.mark_broken();
+    }
+    assert_eq!(pool.status().idle, 0);
+    advance_until(&clock, 30 * SECOND, "min_idle is restored", || {
+        pool.status().idle == 2
+    })
+    .await;
+    assert_eq!(manager.counts.live(), 2);
+}
+
+#[tokio::test]
+async fn the_cleanup_task_can_be_stopped_and_restarted() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let runtime = ManualRuntime::new(&clock);
+    let spawned = runtime.spawned.clone();
+    let pool = builder(&manager, &clock)
+        .min_idle(2)
+        .cleanup_interval(30 * SECOND)
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    eventually("min_idle is reached", || pool.status().idle == 2).await;
+    pool.stop_cleanup_task();
+    clock.advance(31 * SECOND);
+    eventually("the task ends", || running(&spawned) == 0).await;
+    for mut conn in check_out(&pool, 2).await {
+        conn.mark_broken();
+    }
+    clock.advance(120 * SECOND);
+    common::async_io_sleep(Duration::from_millis(20)).await;
+    assert_eq!(pool.status().idle, 0, "stopped: no top-up");
+
+    pool.restart_cleanup_task(5 * SECOND).unwrap();
+    eventually("the new task tops up", || pool.status().idle == 2).await;
+    assert_eq!(running(&spawned), 1);
+}

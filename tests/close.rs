@@ -1,0 +1,112 @@
+//! Closing wakes every waiter with `Closed`, drops idle connections, and destroys connections
+//! returned afterwards; dropping the last handle closes the pool and ends the cleanup task.
+
+mod common;
+
+use common::{Gate, ManualClock, ManualRuntime, TestManager, eventually, running};
+use connection_pool::{ConnectionPool, PoolError, TokioRuntime};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_waiters_parked_and_guards_out() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(3)
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap();
+    let a = pool.get_connection().await.unwrap();
+    let b = pool.get_connection().await.unwrap();
+    drop(pool.get_connection().await.unwrap()); // one idle
+    let _c = pool.get_connection().await.unwrap();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get_connection().await.map(|c| c.id) })
+        })
+        .collect();
+    eventually("three waiters park", || pool.status().waiters == 3).await;
+
+    pool.close();
+    assert!(pool.is_closed());
+    for waiter in waiters {
+        assert!(matches!(waiter.await.unwrap(), Err(PoolError::Closed)));
+    }
+    assert!(matches!(
+        pool.get_connection().await,
+        Err(PoolError::Closed)
+    ));
+    assert!(pool.try_get_connection().is_none());
+    drop(a);
+    drop(b);
+    assert_eq!(pool.status().idle, 0);
+    assert_eq!(pool.status().counters.destroyed.closed, 2);
+    assert_eq!(manager.counts.live(), 1, "only the guard still held");
+}
+
+#[tokio::test]
+async fn close_drops_idle_connections_at_once() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap();
+    let a = pool.get_connection().await.unwrap();
+    let b = pool.get_connection().await.unwrap();
+    drop((a, b));
+    assert_eq!(manager.counts.live(), 2);
+    pool.close();
+    pool.close(); // idempotent
+    assert_eq!(manager.counts.live(), 0);
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn a_create_finishing_after_close_is_destroyed() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap();
+    manager
+        .counts
+        .set_create(Gate::Delay(Duration::from_millis(50)));
+    let getter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_connection().await.map(|c| c.id) }
+    });
+    eventually("create started", || manager.counts.create_calls() == 1).await;
+    pool.close();
+    assert!(matches!(getter.await.unwrap(), Err(PoolError::Closed)));
+    assert_eq!(manager.counts.live(), 0);
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn dropping_the_last_handle_closes_the_pool_and_ends_cleanup() {
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let runtime = ManualRuntime::new(&clock);
+    let spawned = runtime.spawned.clone();
+    let pool = ConnectionPool::builder(manager.clone())
+        .cleanup_interval(Duration::from_secs(30))
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    let second_handle = pool.clone();
+    let guard = pool.get_connection().await.unwrap();
+    drop(pool.get_connection().await.unwrap());
+    assert_eq!(running(&spawned), 1, "the cleanup task runs");
+    drop(pool);
+    assert!(!second_handle.is_closed(), "one handle is left");
+    drop(second_handle);
+    assert_eq!(
+        manager.counts.live(),
+        1,
+        "the idle one is dropped, the held one lives"
+    );
+    drop(guard);
+    assert_eq!(manager.counts.live(), 0, "returned after close: destroyed");
+    clock.advance(Duration::from_secs(31));
+    eventually("the cleanup task ends", || running(&spawned) == 0).await;
+}

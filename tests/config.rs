@@ -1,0 +1,166 @@
+//! Every configuration error is a typed error naming the field; none panics.
+
+mod common;
+
+use common::TestManager;
+use connection_pool::{
+    Config, ConnectionPool, MAX_POOL_SIZE, PoolError, TokioRuntime, ValidationPolicy,
+};
+use std::time::Duration;
+
+fn builder() -> connection_pool::Builder<TestManager> {
+    ConnectionPool::builder(TestManager::new())
+}
+
+fn config_field<T: std::fmt::Debug>(
+    result: Result<T, PoolError<common::TestError>>,
+) -> &'static str {
+    match result {
+        Err(PoolError::Config(e)) => {
+            assert!(!e.to_string().is_empty());
+            e.field()
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_match_the_0_2_crate() {
+    let config = Config::default();
+    assert_eq!(config.max_size, 10);
+    assert_eq!(config.min_idle, 0);
+    assert_eq!(config.max_idle_time, Some(Duration::from_secs(300)));
+    assert_eq!(config.max_lifetime, Some(Duration::from_secs(1800)));
+    assert_eq!(config.connection_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(config.wait_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(config.cleanup_interval, Some(Duration::from_secs(30)));
+    assert_eq!(
+        config.validation,
+        ValidationPolicy::IdleLongerThan(Duration::from_millis(500))
+    );
+}
+
+#[test]
+fn size_errors_name_their_field() {
+    assert_eq!(
+        config_field(builder().no_runtime().max_size(0).build()),
+        "max_size"
+    );
+    assert_eq!(
+        config_field(builder().no_runtime().max_size(MAX_POOL_SIZE + 1).build()),
+        "max_size"
+    );
+    assert_eq!(
+        config_field(builder().no_runtime().max_size(2).min_idle(3).build()),
+        "min_idle"
+    );
+    // min_idle needs the cleanup task that keeps it topped up.
+    assert_eq!(
+        config_field(builder().no_runtime().min_idle(1).build()),
+        "min_idle"
+    );
+}
+
+#[test]
+fn zero_and_overflowing_durations_name_their_field() {
+    type Setter = fn(
+        connection_pool::Builder<TestManager>,
+        Duration,
+    ) -> connection_pool::Builder<TestManager>;
+    let setters: [(&str, Setter); 6] = [
+        ("max_idle_time", |b, d| b.max_idle_time(d)),
+        ("max_lifetime", |b, d| b.max_lifetime(d)),
+        ("connection_timeout", |b, d| b.connection_timeout(d)),
+        ("wait_timeout", |b, d| b.wait_timeout(d)),
+        ("validation_timeout", |b, d| b.validation_timeout(d)),
+        ("cleanup_interval", |b, d| b.cleanup_interval(d)),
+    ];
+    for (field, set) in setters {
+        let zero = set(builder().no_runtime(), Duration::ZERO).build();
+        assert_eq!(config_field(zero), field, "zero {field}");
+        let huge = set(builder().no_runtime(), Duration::MAX).build();
+        assert_eq!(config_field(huge), field, "overflowing {field}");
+    }
+    let threshold = builder()
+        .no_runtime()
+        .validation(ValidationPolicy::IdleLongerThan(Duration::MAX))
+        .build();
+    assert_eq!(config_field(threshold), "validation");
+}
+
+#[test]
+fn timers_without_a_runtime_are_refused() {
+    // The defaults have timeouts and a cleanup task, so they need a runtime.
+    match builder().build() {
+        Err(PoolError::NoRuntime { setting }) => assert_eq!(setting, "connection_timeout"),
+        other => panic!("expected NoRuntime, got {other:?}"),
+    }
+    for (setting, b) in [
+        (
+            "wait_timeout",
+            builder().no_runtime().wait_timeout(Duration::from_secs(1)),
+        ),
+        (
+            "validation_timeout",
+            builder()
+                .no_runtime()
+                .validation_timeout(Duration::from_secs(1)),
+        ),
+        (
+            "cleanup_interval",
+            builder()
+                .no_runtime()
+                .cleanup_interval(Duration::from_secs(1)),
+        ),
+    ] {
+        match b.build() {
+            Err(e @ PoolError::NoRuntime { .. }) => {
+                assert!(e.to_string().contains(setting), "{e}");
+            }
+            other => panic!("expected NoRuntime for {setting}, got {other:?}"),
+        }
+    }
+    assert!(builder().no_runtime().build().is_ok());
+}
+
+#[tokio::test]
+async fn runtime_only_calls_are_refused_without_a_runtime() {
+    let pool = builder().no_runtime().build().unwrap();
+    assert!(matches!(
+        pool.get_connection_timeout(Duration::from_secs(1)).await,
+        Err(PoolError::NoRuntime {
+            setting: "get_connection_timeout"
+        })
+    ));
+    assert!(matches!(
+        pool.restart_cleanup_task(Duration::from_secs(1)),
+        Err(PoolError::NoRuntime { .. })
+    ));
+
+    let pool = builder().runtime(TokioRuntime::current()).build().unwrap();
+    assert_eq!(
+        config_field(pool.restart_cleanup_task(Duration::ZERO)),
+        "cleanup_interval"
+    );
+    assert!(pool.restart_cleanup_task(Duration::from_secs(5)).is_ok());
+    pool.close();
+    assert!(matches!(
+        pool.restart_cleanup_task(Duration::from_secs(5)),
+        Err(PoolError::Closed)
+    ));
+}
+
+#[test]
+fn a_whole_config_can_be_passed_at_once() {
+    let config = Config {
+        max_size: 3,
+        ..Config::default()
+    };
+    let pool = builder()
+        .config(config)
+        .no_runtime()
+        .build()
+        .expect("valid config");
+    assert_eq!(pool.config().max_size, 3);
+    assert_eq!(pool.status().max_size, 3);
+}

@@ -1,0 +1,173 @@
+//! Wait, create and validation timeouts return the right error and leak no slot. Time is a
+//! manual clock: nothing here sleeps for the length of a timeout.
+
+mod common;
+
+use common::{Gate, ManualClock, ManualRuntime, TestManager, eventually};
+use connection_pool::{ConnectionPool, PoolError, TimeoutPhase, ValidationPolicy};
+use std::{sync::Arc, time::Duration};
+
+fn pool(max_size: usize) -> (ConnectionPool<TestManager>, TestManager, Arc<ManualClock>) {
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(max_size)
+        .wait_timeout(Duration::from_secs(30))
+        .connection_timeout(Duration::from_secs(10))
+        .validation_timeout(Duration::from_secs(5))
+        .validation(ValidationPolicy::Always)
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    (pool, manager, clock)
+}
+
+fn phase<T: std::fmt::Debug>(result: Result<T, PoolError<common::TestError>>) -> TimeoutPhase {
+    match result {
+        Err(PoolError::Timeout { phase, .. }) => phase,
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn waiting_times_out_at_wait_timeout() {
+    let (pool, manager, clock) = pool(1);
+    let held = pool.get_connection().await.unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_connection().await.map(|c| c.id) }
+    });
+    eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    clock.advance(Duration::from_secs(29));
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "not before the deadline");
+    clock.advance(Duration::from_secs(2));
+    let result = waiter.await.unwrap();
+    let message = match &result {
+        Err(e) => e.to_string(),
+        Ok(_) => String::new(),
+    };
+    assert_eq!(phase(result), TimeoutPhase::Waiting);
+    assert!(message.contains("in use"), "{message}");
+    let status = pool.status();
+    assert_eq!((status.waiters, status.size, status.in_use), (0, 1, 1));
+    assert_eq!(status.counters.timeouts, 1);
+    drop(held);
+    assert_eq!(manager.counts.live(), 1);
+    assert_eq!(pool.status().idle, 1);
+}
+
+#[tokio::test]
+async fn a_per_call_timeout_overrides_wait_timeout() {
+    let (pool, _manager, clock) = pool(1);
+    let _held = pool.get_connection().await.unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            pool.get_connection_timeout(Duration::from_secs(2))
+                .await
+                .map(|c| c.id)
+        }
+    });
+    eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(phase(waiter.await.unwrap()), TimeoutPhase::Waiting);
+}
+
+#[tokio::test]
+async fn a_hanging_create_times_out_and_frees_its_slot() {
+    let (pool, manager, clock) = pool(1);
+    manager.counts.set_create(Gate::Hang);
+    let getter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_connection().await.map(|c| c.id) }
+    });
+    eventually("create was called", || manager.counts.create_calls() == 1).await;
+    assert_eq!(pool.status().size, 1, "the creation holds a slot");
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(phase(getter.await.unwrap()), TimeoutPhase::Creating);
+    assert_eq!(pool.status().size, 0, "slot released");
+    assert_eq!(pool.status().counters.create_failures, 1);
+    manager.counts.set_create(Gate::Ok);
+    assert!(pool.get_connection().await.is_ok());
+}
+
+#[tokio::test]
+async fn the_wait_deadline_also_bounds_creation() {
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .wait_timeout(Duration::from_secs(3))
+        .connection_timeout(Duration::from_secs(10))
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    manager.counts.set_create(Gate::Hang);
+    let getter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_connection().await.map(|c| c.id) }
+    });
+    eventually("create was called", || manager.counts.create_calls() == 1).await;
+    clock.advance(Duration::from_secs(4));
+    assert_eq!(phase(getter.await.unwrap()), TimeoutPhase::Creating);
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn a_hanging_validation_times_out_and_destroys_the_connection() {
+    let (pool, manager, clock) = pool(1);
+    drop(pool.get_connection().await.unwrap());
+    manager.counts.set_validate(Gate::Hang);
+    let getter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_connection().await.map(|c| c.id) }
+    });
+    eventually("validation started", || manager.counts.validations() == 1).await;
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(phase(getter.await.unwrap()), TimeoutPhase::Validating);
+    let status = pool.status();
+    assert_eq!((status.size, status.idle), (0, 0));
+    assert_eq!(status.counters.destroyed.validation_aborted, 1);
+    assert_eq!(manager.counts.live(), 0);
+}
+
+#[tokio::test]
+async fn a_timeout_carries_the_last_creation_failure() {
+    let (pool, manager, clock) = pool(2);
+    let _held = pool.get_connection().await.unwrap();
+    manager.counts.set_create(Gate::Hang);
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_connection().await.map(|c| c.id) }
+    });
+    eventually("first create started", || {
+        manager.counts.create_calls() == 2
+    })
+    .await;
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_connection().await.map(|c| c.id) }
+    });
+    eventually("second call waits", || pool.status().waiters == 1).await;
+    // The first create times out; the waiter is woken, creates, and hangs too.
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(phase(first.await.unwrap()), TimeoutPhase::Creating);
+    eventually("second create started", || {
+        manager.counts.create_calls() == 3
+    })
+    .await;
+    clock.advance(Duration::from_secs(11));
+    match second.await.unwrap() {
+        Err(e @ PoolError::Timeout { .. }) => {
+            let PoolError::Timeout { last_error, .. } = &e else {
+                unreachable!()
+            };
+            assert!(last_error.is_some(), "{e}");
+            assert!(e.to_string().contains("did not finish in time"), "{e}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(pool.status().size, 1, "only the held connection");
+}
