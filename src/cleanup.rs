@@ -62,6 +62,8 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Creates connections until `min_idle` are idle, the pool is full, or a create fails.
+    // Only the background loop calls it, and that loop does not exist under loom.
+    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) async fn top_up(&self) -> usize {
         let mut created = 0;
         while !self.is_closed() && self.idle.len() < self.config.min_idle {
@@ -113,6 +115,7 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Whether the loop numbered `generation` should keep running.
+    #[cfg_attr(loom, allow(dead_code))]
     fn cleanup_current(&self, generation: u64) -> bool {
         !self.is_closed() && self.cleanup_generation.load(Ordering::Acquire) == generation
     }

@@ -1,0 +1,275 @@
+//! Helpers for the loom models in `tests/models.rs`: a manager whose creates follow a script and
+//! that counts live connections on its own, a pool built the way every model needs it, and the
+//! poll-once-then-drop idiom that models a cancelled or timed-out `get`.
+//!
+//! Everything here runs only under `RUSTFLAGS="--cfg loom"`; see the README for the command.
+#![cfg(loom)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+use connection_pool::{ConnectionManager, ConnectionPool, PoolError, ValidationPolicy};
+use std::{
+    collections::VecDeque,
+    fmt,
+    future::Future,
+    pin::Pin,
+    // The counts are plain std atomics on purpose: they are the test's independent view, not
+    // part of the protocol under test, and loom runs one thread at a time, so they stay exact
+    // without adding interleavings of their own to explore.
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+    },
+    task::{Context, Poll, Waker},
+};
+
+/// What the next `create_connection` call does; calls past the end of the script succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Succeeds at once.
+    Ok,
+    /// Fails at once with [`ModelError`].
+    Fail,
+    /// Returns `Pending` once (waking itself), then succeeds: an await point where a `get` can
+    /// be cancelled mid-create.
+    PendOnce,
+}
+
+/// The error the scripted manager fails with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelError;
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("scripted create failure")
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+/// Counts kept by the manager, independent of the pool's own bookkeeping.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Connections that exist now: created minus dropped.
+    live: AtomicUsize,
+    /// The highest `live` ever reached.
+    peak: AtomicUsize,
+    /// Connections ever created.
+    created: AtomicUsize,
+    /// `create_connection` calls, successful or not.
+    create_calls: AtomicUsize,
+    /// Ids handed to connections.
+    next_id: AtomicUsize,
+}
+
+impl Counts {
+    /// Connections that exist now.
+    pub fn live(&self) -> usize {
+        self.live.load(SeqCst)
+    }
+
+    /// The highest number of connections that ever existed at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(SeqCst)
+    }
+
+    /// Connections ever created.
+    pub fn created(&self) -> usize {
+        self.created.load(SeqCst)
+    }
+
+    /// `create_connection` calls, including failed and cancelled ones.
+    pub fn create_calls(&self) -> usize {
+        self.create_calls.load(SeqCst)
+    }
+}
+
+/// A connection that counts itself live until dropped and detects two simultaneous holders.
+#[derive(Debug)]
+pub struct ModelConn {
+    /// Unique per model execution, in creation order.
+    pub id: usize,
+    /// Set while a holder is using the connection.
+    in_use: AtomicBool,
+    counts: Arc<Counts>,
+}
+
+impl ModelConn {
+    /// Claims the connection for its holder; panics if somebody else holds it too.
+    pub fn claim(&self) {
+        assert!(
+            !self.in_use.swap(true, SeqCst),
+            "connection {} is held by two tasks",
+            self.id
+        );
+    }
+
+    /// Gives the claim back before the guard is dropped.
+    pub fn unclaim(&self) {
+        self.in_use.store(false, SeqCst);
+    }
+}
+
+impl Drop for ModelConn {
+    fn drop(&mut self) {
+        self.counts.live.fetch_sub(1, SeqCst);
+    }
+}
+
+/// A manager whose creates follow a script and whose connections count themselves.
+#[derive(Debug)]
+pub struct ModelManager {
+    /// The independent live-connection count every model asserts on.
+    pub counts: Arc<Counts>,
+    script: Mutex<VecDeque<Create>>,
+}
+
+impl ModelManager {
+    /// A manager whose first creates do what `script` says, and whose later ones succeed.
+    pub fn new(script: &[Create]) -> Self {
+        Self {
+            counts: Arc::default(),
+            script: Mutex::new(script.iter().copied().collect()),
+        }
+    }
+
+    fn new_conn(&self) -> ModelConn {
+        let live = self.counts.live.fetch_add(1, SeqCst) + 1;
+        self.counts.peak.fetch_max(live, SeqCst);
+        self.counts.created.fetch_add(1, SeqCst);
+        ModelConn {
+            id: self.counts.next_id.fetch_add(1, SeqCst),
+            in_use: AtomicBool::new(false),
+            counts: Arc::clone(&self.counts),
+        }
+    }
+}
+
+/// Returns `Pending` on its first poll (after waking its waker) and `Ready` after.
+struct YieldOnce {
+    yielded: bool,
+}
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.yielded {
+            return Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl ConnectionManager for ModelManager {
+    type Connection = ModelConn;
+    type Error = ModelError;
+
+    async fn create_connection(&self) -> Result<ModelConn, ModelError> {
+        self.counts.create_calls.fetch_add(1, SeqCst);
+        let step = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Create::Ok);
+        match step {
+            Create::Ok => Ok(self.new_conn()),
+            Create::Fail => Err(ModelError),
+            Create::PendOnce => {
+                YieldOnce { yielded: false }.await;
+                Ok(self.new_conn())
+            }
+        }
+    }
+
+    async fn is_valid(&self, _conn: &mut ModelConn) -> Result<(), ModelError> {
+        Ok(())
+    }
+}
+
+/// The pool every model uses: no runtime (loom has no time), no validation on checkout, and
+/// the default idle time and lifetime, which the real clock never reaches during a model.
+pub fn pool(max_size: usize, manager: ModelManager) -> ConnectionPool<ModelManager> {
+    ConnectionPool::builder(manager)
+        .max_size(max_size)
+        .validation(ValidationPolicy::Never)
+        .no_runtime()
+        .build()
+        .expect("a valid model configuration")
+}
+
+/// The result type of a `get` in a model.
+pub type GetResult = Result<connection_pool::PooledConnection<ModelManager>, PoolError<ModelError>>;
+
+/// Runs a `get` to completion on the current loom thread. A get that can never complete makes
+/// loom report a deadlock, which is how the models detect lost wake-ups.
+pub fn get(pool: &ConnectionPool<ModelManager>) -> GetResult {
+    loom::future::block_on(pool.get_connection())
+}
+
+/// Polls `future` once and drops it: a `get` cancelled, or timed out, at its first await.
+pub fn poll_once_then_drop<F: Future>(future: F) -> Poll<F::Output> {
+    let mut future = std::pin::pin!(future);
+    future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// Runs `model` under loom with the preemption bound from `LOOM_MAX_PREEMPTIONS` (default 2,
+/// so a plain `cargo test` stays fast), printing the iterations explored and the wall time.
+pub fn check(name: &str, model: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(2);
+    }
+    let iterations = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&iterations);
+    let start = std::time::Instant::now();
+    // A model failure can abort the process (loom panics again while unwinding a deadlock),
+    // so report how far loom got from the panic hook, which runs before any unwinding.
+    MODEL.with(|m| *m.borrow_mut() = Some((name.to_owned(), Arc::clone(&iterations), start)));
+    install_failure_hook();
+    builder.check(move || {
+        counter.fetch_add(1, SeqCst);
+        model();
+    });
+    MODEL.with(|m| m.borrow_mut().take());
+    println!(
+        "loom model {name}: {} iterations in {:.2?} (preemption bound {:?})",
+        iterations.load(SeqCst),
+        start.elapsed(),
+        builder.preemption_bound,
+    );
+}
+
+type RunningModel = Option<(String, Arc<AtomicUsize>, std::time::Instant)>;
+
+thread_local! {
+    /// The model this test thread is checking (loom runs a model's threads on the caller's).
+    static MODEL: std::cell::RefCell<RunningModel> = const { std::cell::RefCell::new(None) };
+}
+
+/// Chains a panic hook that names the failing model, its iteration and the time it took.
+fn install_failure_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = MODEL.try_with(|m| {
+                if let Ok(model) = m.try_borrow() {
+                    if let Some((name, iterations, start)) = &*model {
+                        eprintln!(
+                            "loom model {name} FAILED at iteration {} after {:.2?}",
+                            iterations.load(SeqCst),
+                            start.elapsed(),
+                        );
+                    }
+                }
+            });
+            default(info);
+        }));
+    });
+}

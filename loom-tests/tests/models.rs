@@ -1,0 +1,383 @@
+//! Loom models of the pool's races. Each uses at most 3 threads and `max_size` 1 or 2, drives
+//! the pool's real code through its public API, and asserts on the manager's own count of live
+//! connections. A `get` that can never complete shows up as a loom deadlock.
+//!
+//! Run: `cd loom-tests && RUSTFLAGS="--cfg loom" cargo test --release`
+#![cfg(loom)]
+
+use connection_pool::PoolError;
+use connection_pool_loom_tests::{Create, ModelManager, check, get, poll_once_then_drop, pool};
+use loom::thread;
+use std::time::{Duration, Instant};
+
+/// 1. Lost wake-up: a getter finds the queue empty and no free slot while another thread
+///    returns the only connection. The getter must not sleep through the return.
+#[test]
+fn m1_return_races_a_getter_that_found_the_queue_empty() {
+    check("m1 lost wake-up", || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let held = get(&pool).unwrap();
+        let first = held.id;
+
+        let getter = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let conn = get(&pool).expect("the returned connection");
+                conn.id
+            })
+        };
+        drop(held);
+        let got = getter.join().unwrap();
+
+        assert_eq!(got, first, "the one connection is reused, not replaced");
+        assert_eq!(counts.created(), 1);
+        assert_eq!(counts.peak(), 1);
+        assert_eq!(counts.live(), 1);
+        drop(pool);
+        assert_eq!(
+            counts.live(),
+            0,
+            "closing the pool drops the idle connection"
+        );
+    });
+}
+
+/// 2. Two returns land before the first woken waiter runs; with two waiters, both complete
+///    (a `notify(1)` per return would wake only one of them).
+#[test]
+fn m2_two_returns_wake_two_waiters() {
+    check("m2 two returns, two waiters", || {
+        let pool = pool(2, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let a = get(&pool).unwrap();
+        let b = get(&pool).unwrap();
+
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || {
+                    let conn = get(&pool).expect("a returned connection");
+                    conn.claim();
+                    assert!(pool.manager().counts.live() <= 2);
+                    conn
+                })
+            })
+            .collect();
+        drop(a);
+        drop(b);
+        // Each waiter keeps its connection until both are served, so a waiter cannot be
+        // rescued by the other one returning its connection: both returns above must wake.
+        let served: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        assert_ne!(served[0].id, served[1].id, "two waiters, two connections");
+        drop(served);
+
+        assert_eq!(counts.created(), 2, "returned connections are reused");
+        assert_eq!(counts.peak(), 2);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 3. A waiter is woken and then cancelled before it takes the connection: the wake-up must
+///    pass to the other waiter, which gets the connection.
+#[test]
+fn m3_a_woken_then_cancelled_waiter_passes_the_wake_up_on() {
+    check("m3 woken then cancelled", || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let held = get(&pool).unwrap();
+
+        let cancelled = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let mut future = Box::pin(pool.get_connection());
+                // First poll: no connection, so it registers as a waiter (or, if the return
+                // already happened, takes the connection, which the drop below gives back).
+                let _ = poll_once_then_drop(future.as_mut());
+                thread::yield_now();
+                drop(future);
+            })
+        };
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || get(&pool).map(|conn| conn.id))
+        };
+        drop(held);
+        cancelled.join().unwrap();
+        let got = waiter.join().unwrap().expect("the waiter is served");
+
+        assert_eq!(got, 0, "the one connection, returned");
+        assert_eq!(counts.created(), 1);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 4a. A failing create releases its slot and wakes the waiter parked behind it.
+#[test]
+fn m4a_a_failing_create_releases_its_slot_and_wakes_a_waiter() {
+    check("m4a failing create", || {
+        let pool = pool(1, ModelManager::new(&[Create::Fail]));
+        let counts = pool.manager().counts.clone();
+
+        let other = {
+            let pool = pool.clone();
+            thread::spawn(move || get(&pool).map(|conn| conn.id))
+        };
+        let mine = get(&pool).map(|conn| conn.id);
+        let other = other.join().unwrap();
+
+        // Whichever call created first got the scripted failure; the other one, possibly
+        // parked on the failed call's slot, must have been woken and served.
+        let failures = [&mine, &other]
+            .iter()
+            .filter(|r| matches!(r, Err(PoolError::Backend(_))))
+            .count();
+        assert_eq!(failures, 1, "exactly one call sees the create error");
+        assert!(mine.is_ok() || other.is_ok());
+        assert_eq!(counts.create_calls(), 2);
+        assert_eq!(counts.peak(), 1);
+        assert_eq!(
+            pool.status().size,
+            1,
+            "the failed create's slot was given back"
+        );
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 4b. A `get` cancelled in the middle of its create releases the slot and wakes a waiter.
+#[test]
+fn m4b_a_cancelled_create_releases_its_slot_and_wakes_a_waiter() {
+    check("m4b cancelled create", || {
+        let pool = pool(1, ModelManager::new(&[Create::PendOnce]));
+        let counts = pool.manager().counts.clone();
+
+        let cancelled = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                // Either it reserves the slot and is cancelled mid-create, or it finds the
+                // slot taken and is cancelled while waiting; either way it must leave nothing.
+                let _ = poll_once_then_drop(pool.get_connection());
+            })
+        };
+        let served = get(&pool).expect("the waiter is served").id;
+        cancelled.join().unwrap();
+
+        assert_eq!(
+            counts.live(),
+            1,
+            "served connection {served} is the only one"
+        );
+        assert_eq!(counts.peak(), 1);
+        assert_eq!(
+            pool.status().size,
+            1,
+            "the cancelled create's slot was given back"
+        );
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 5. Capacity on `max_size` 1: a broken connection is returned while two getters race to
+///    replace it, and the first replacement create fails. Never two connections, never one
+///    connection held twice, and both getters finish.
+#[test]
+fn m5_capacity_holds_with_a_failing_create() {
+    check("m5 capacity", || {
+        let pool = pool(1, ModelManager::new(&[Create::Ok, Create::Fail]));
+        let counts = pool.manager().counts.clone();
+        let mut held = get(&pool).unwrap();
+        held.mark_broken();
+
+        let getters: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || match get(&pool) {
+                    Ok(conn) => {
+                        conn.claim();
+                        assert!(pool.manager().counts.live() <= 1, "more than max_size live");
+                        conn.unclaim();
+                        true
+                    }
+                    Err(PoolError::Backend(_)) => false,
+                    Err(other) => panic!("unexpected error: {other}"),
+                })
+            })
+            .collect();
+        drop(held);
+        let served = getters
+            .into_iter()
+            .map(|g| g.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+
+        assert!(
+            served >= 1,
+            "the failure leaves a slot for the other getter"
+        );
+        assert_eq!(
+            counts.peak(),
+            1,
+            "never more than max_size live connections"
+        );
+        assert_eq!(counts.live(), pool.status().size, "pool and manager agree");
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 6a. The cleanup pass takes the only idle connection out to inspect it while a getter that
+///     can neither pop nor create looks: the push-back must wake the getter.
+#[test]
+fn m6a_cleanup_pass_keeping_a_connection_races_a_get() {
+    check("m6a cleanup keeps, get", || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        drop(get(&pool).unwrap());
+
+        let reaper = {
+            let pool = pool.clone();
+            thread::spawn(move || pool.cleanup_pass(Instant::now()))
+        };
+        let got = get(&pool).expect("the kept connection").id;
+        let report = reaper.join().unwrap();
+
+        assert_eq!(got, 0);
+        assert_eq!(report.idle_expired + report.lifetime_expired, 0);
+        assert_eq!(counts.created(), 1, "nothing was destroyed or recreated");
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 6b. A cleanup pass that expires everything it finds races a get and a return on
+///     `max_size` 2: the getter is served (by a return, a kept or a new connection), never with
+///     a connection the pass destroyed, and no connection is lost or doubled.
+#[test]
+fn m6b_cleanup_pass_expiring_races_a_get_and_a_return() {
+    check("m6b cleanup expires, get, return", || {
+        let pool = pool(2, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let idle = get(&pool).unwrap();
+        let held = get(&pool).unwrap();
+        drop(idle);
+
+        let reaper = {
+            let pool = pool.clone();
+            // Past max_idle_time (5 min), well short of max_lifetime (30 min): everything idle at
+            // that moment is expired for idleness.
+            thread::spawn(move || pool.cleanup_pass(Instant::now() + Duration::from_secs(600)))
+        };
+        let getter = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let conn = get(&pool).expect("served");
+                conn.claim();
+                assert!(pool.manager().counts.live() <= 2);
+                conn.unclaim();
+            })
+        };
+        drop(held);
+        let report = reaper.join().unwrap();
+        getter.join().unwrap();
+
+        assert_eq!(report.lifetime_expired, 0);
+        assert_eq!(
+            counts.peak(),
+            2,
+            "never more than max_size live connections"
+        );
+        assert_eq!(counts.live(), pool.status().size, "pool and manager agree");
+        assert_eq!(
+            counts.created() - counts.live(),
+            report.idle_expired,
+            "only the pass destroyed connections"
+        );
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 7a. `close()` races a return and a parked waiter: the waiter ends (with `Closed`, or with
+///     the connection if it won it before the close), and once everything is dropped no
+///     connection is left alive: the returned one is destroyed, not parked in a closed pool.
+#[test]
+fn m7a_close_races_a_return_and_a_waiter() {
+    check("m7a close, return, waiter", || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let held = get(&pool).unwrap();
+
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || match get(&pool) {
+                Ok(conn) => {
+                    drop(conn);
+                    false
+                }
+                Err(PoolError::Closed) => true,
+                Err(other) => panic!("unexpected error: {other}"),
+            })
+        };
+        let returner = thread::spawn(move || drop(held));
+        pool.close();
+        let _got_closed = waiter.join().unwrap();
+        returner.join().unwrap();
+
+        assert_eq!(counts.live(), 0, "a closed pool keeps no connection");
+        assert_eq!(pool.status().size, 0);
+        assert!(matches!(get(&pool), Err(PoolError::Closed)));
+    });
+}
+
+/// 7b. Dropping the last pool handle races the return of a checked-out connection: the
+///     connection is destroyed whichever comes first, and loom's leak check sees every `Arc`
+///     of the pool's state dropped.
+#[test]
+fn m7b_dropping_the_last_handle_races_a_return() {
+    check("m7b last handle, return", || {
+        let pool = pool(2, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let held = get(&pool).unwrap();
+        drop(get(&pool).unwrap()); // one idle connection for the close to drain
+
+        let returner = thread::spawn(move || drop(held));
+        drop(pool);
+        returner.join().unwrap();
+
+        assert_eq!(counts.live(), 0, "both connections were destroyed");
+    });
+}
+
+/// 8. A connection marked broken is destroyed on return while a waiter is parked: the freed
+///    slot wakes the waiter, which creates a replacement.
+#[test]
+fn m8_a_broken_return_serves_the_parked_waiter() {
+    check("m8 broken return", || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let mut held = get(&pool).unwrap();
+        held.mark_broken();
+
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || get(&pool).map(|conn| conn.id))
+        };
+        drop(held);
+        let got = waiter.join().unwrap().expect("the waiter is served");
+
+        assert_eq!(got, 1, "a replacement, not the broken connection");
+        assert_eq!(counts.created(), 2);
+        assert_eq!(
+            counts.peak(),
+            1,
+            "the replacement came only after the broken one died"
+        );
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
