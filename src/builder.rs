@@ -126,6 +126,22 @@ impl<M: ConnectionManager> Builder<M> {
         self
     }
 
+    /// The most `create_connection` calls in flight at once (default 2, at least 1), so that
+    /// a burst of demand or a backend restart does not open a storm of connections. While
+    /// creations fail, the pool allows one at a time, with a growing delay between attempts.
+    pub fn max_connecting(mut self, max_connecting: usize) -> Self {
+        self.config.max_connecting = max_connecting;
+        self
+    }
+
+    /// Logs a warning, once per checkout, when a connection is held longer than `threshold`,
+    /// naming the source location of the `get_connection` call (default `None`: off, and
+    /// free). Needs a runtime for its watcher task.
+    pub fn leak_detection_threshold(mut self, threshold: impl Into<Option<Duration>>) -> Self {
+        self.config.leak_detection_threshold = threshold.into();
+        self
+    }
+
     /// The executor that supplies timers, spawning and the clock.
     pub fn runtime(mut self, runtime: impl Runtime) -> Self {
         self.runtime = Some(Box::new(runtime));
@@ -163,6 +179,7 @@ impl<M: ConnectionManager> Builder<M> {
                 ("wait_timeout", config.wait_timeout),
                 ("validation_timeout", config.validation_timeout),
                 ("cleanup_interval", config.cleanup_interval),
+                ("leak_detection_threshold", config.leak_detection_threshold),
             ];
             if let Some((setting, _)) = needs_runtime.iter().find(|(_, d)| d.is_some()) {
                 return Err(PoolError::NoRuntime { setting });
@@ -179,6 +196,7 @@ impl<M: ConnectionManager> Builder<M> {
         if let Some(interval) = cleanup_interval {
             crate::cleanup::start(&shared, interval);
         }
+        crate::leak::start(&shared);
         Ok(ConnectionPool::from_shared(shared))
     }
 }

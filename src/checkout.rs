@@ -4,13 +4,18 @@
 use crate::{
     connection::PooledConnection,
     error::{PoolError, TimeoutPhase},
+    governor::Admission,
     manager::ConnectionManager,
-    pool::{ConnectionPool, Shared, Slot},
+    pool::{ConnectionPool, Creating, Shared, Slot},
     runtime::run_bounded,
     status::{DestroyReason, Stats},
     sync::{Arc, Ordering},
 };
-use std::time::{Duration, Instant};
+use std::{
+    future::Future,
+    panic::Location,
+    time::{Duration, Instant},
+};
 
 impl<M: ConnectionManager> ConnectionPool<M> {
     /// Checks out a connection, waiting at most the configured `wait_timeout`.
@@ -22,11 +27,19 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     ///
     /// # Errors
     ///
-    /// * [`PoolError::Backend`] when `create_connection` fails (its slot is freed at once);
+    /// * [`PoolError::Backend`] when this call's `create_connection` fails (its slot is freed
+    ///   at once);
+    /// * [`PoolError::Rejected`] when creating connections fails with an error the manager
+    ///   classifies as permanent: this call's own attempt, or a recent one while this call
+    ///   would have had to create (it fails at once instead of waiting);
     /// * [`PoolError::Timeout`] when `wait_timeout` passes (whatever the phase), when one
     ///   `create_connection` outlives `connection_timeout`, or one `is_valid` outlives
-    ///   `validation_timeout`;
+    ///   `validation_timeout`; it carries the last creation error, if any happened meanwhile;
     /// * [`PoolError::Closed`] when the pool is or gets closed.
+    ///
+    /// While creations keep failing, the pool lets one call at a time try again, after a
+    /// growing delay (see [`CREATE_BACKOFF_MAX`](crate::CREATE_BACKOFF_MAX)); the others wait
+    /// for it, up to their deadline.
     ///
     /// A connection that fails validation is destroyed and the call moves on to the next one.
     ///
@@ -36,8 +49,17 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// wake-up, if any, passes to the next waiter), a creation in flight is dropped and its
     /// slot freed, and a connection being validated is destroyed (it may hold a half-read
     /// reply) and its slot freed.
-    pub async fn get_connection(&self) -> Result<PooledConnection<M>, PoolError<M::Error>> {
-        checkout(&self.shared, self.shared.config.wait_timeout).await
+    ///
+    /// With leak detection on, the caller's source location is recorded (`#[track_caller]`).
+    #[track_caller]
+    pub fn get_connection(
+        &self,
+    ) -> impl Future<Output = Result<PooledConnection<M>, PoolError<M::Error>>> + Send + '_ {
+        checkout(
+            &self.shared,
+            self.shared.config.wait_timeout,
+            Location::caller(),
+        )
     }
 
     /// Like [`get_connection`](Self::get_connection), with `timeout` instead of the configured
@@ -47,12 +69,16 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     ///
     /// As `get_connection`, plus [`PoolError::NoRuntime`] when the pool has no runtime to time
     /// the call with.
-    pub async fn get_connection_timeout(
+    #[track_caller]
+    pub fn get_connection_timeout(
         &self,
         timeout: Duration,
-    ) -> Result<PooledConnection<M>, PoolError<M::Error>> {
-        self.runtime_or_err("get_connection_timeout")?;
-        checkout(&self.shared, Some(timeout)).await
+    ) -> impl Future<Output = Result<PooledConnection<M>, PoolError<M::Error>>> + Send + '_ {
+        let location = Location::caller();
+        async move {
+            self.runtime_or_err("get_connection_timeout")?;
+            checkout(&self.shared, Some(timeout), location).await
+        }
     }
 }
 
@@ -117,7 +143,7 @@ fn timed_out<M: ConnectionManager>(
     log::warn!(
         "{}: get_connection timed out {phase}; size {}, idle {}, waiters {}",
         shared.config.name,
-        shared.size.load(Ordering::Relaxed),
+        shared.size(),
         shared.idle.len(),
         shared.waiters.load(Ordering::Relaxed),
     );
@@ -127,12 +153,15 @@ fn timed_out<M: ConnectionManager>(
 pub(crate) async fn checkout<M: ConnectionManager>(
     shared: &Arc<Shared<M>>,
     wait_timeout: Option<Duration>,
+    location: &'static Location<'static>,
 ) -> Result<PooledConnection<M>, PoolError<M::Error>> {
     let runtime = shared.runtime.as_deref();
     let mut deadline = Deadline::new(wait_timeout);
     let mut listener = None;
     let mut waiting = None;
     loop {
+        // When the governor holds creation back until an instant, wake then to try again.
+        let mut retry_at = None;
         if shared.is_closed() {
             return Err(PoolError::Closed);
         }
@@ -146,7 +175,7 @@ pub(crate) async fn checkout<M: ConnectionManager>(
             }
             if !shared.needs_validation(&conn, now) {
                 log::trace!("{}: checked out an idle connection", shared.config.name);
-                return Ok(PooledConnection::new(Arc::clone(shared), conn));
+                return Ok(Shared::hand_out(shared, conn, location));
             }
             // Cancelled or timed out mid-check: the guard destroys the connection.
             let mut slot = Slot::holding(shared, conn, DestroyReason::ValidationAborted);
@@ -155,7 +184,7 @@ pub(crate) async fn checkout<M: ConnectionManager>(
             match run_bounded(runtime, limit, check).await {
                 Ok(Ok(())) => {
                     log::trace!("{}: checked out a validated connection", shared.config.name);
-                    return Ok(PooledConnection::new(Arc::clone(shared), slot.into_conn()));
+                    return Ok(Shared::hand_out(shared, slot.into_conn(), location));
                 }
                 Ok(Err(error)) => {
                     log::debug!(
@@ -172,15 +201,37 @@ pub(crate) async fn checkout<M: ConnectionManager>(
             }
         }
 
-        // 2. A free slot: create a connection in it.
-        if let Some(slot) = Slot::reserve(shared) {
+        // 2. A free slot and a connect permit: create a connection. While creations fail, the
+        //    governor allows one at a time, after a delay, or rejects at once on a permanent
+        //    error (but only a caller that could create: a full pool still waits for returns).
+        let admission = if shared.governor.is_failing() {
+            shared.governor.admission(shared.now())
+        } else {
+            Admission::Open
+        };
+        let max_connecting = match admission {
+            Admission::Open => shared.config.max_connecting,
+            Admission::Probe => 1,
+            Admission::Backoff(at) => {
+                retry_at = Some(at);
+                0
+            }
+            Admission::Rejected(error) => {
+                if shared.size() < shared.config.max_size {
+                    Stats::bump(&shared.stats.rejected);
+                    return Err(PoolError::Rejected(error));
+                }
+                0
+            }
+        };
+        if let Some(creating) = Creating::begin(shared, max_connecting) {
             let limit = deadline.limit(shared, shared.config.connection_timeout);
             let created = run_bounded(runtime, limit, shared.manager.create_connection()).await;
             let now = shared.now();
-            match created {
+            let error = match created {
                 Ok(Ok(raw)) => {
-                    Stats::bump(&shared.stats.created);
-                    let conn = slot.fill(shared.new_conn(raw, now));
+                    let conn = creating.finish(shared.new_conn(raw, now));
+                    shared.create_succeeded();
                     if shared.is_closed() {
                         shared.destroy(conn, DestroyReason::Closed);
                         return Err(PoolError::Closed);
@@ -188,25 +239,19 @@ pub(crate) async fn checkout<M: ConnectionManager>(
                     log::debug!(
                         "{}: created a connection; size {}, waiters {}",
                         shared.config.name,
-                        shared.size.load(Ordering::Relaxed),
+                        shared.size(),
                         shared.waiters.load(Ordering::Relaxed),
                     );
-                    return Ok(PooledConnection::new(Arc::clone(shared), conn));
+                    return Ok(Shared::hand_out(shared, conn, location));
                 }
-                Ok(Err(error)) => {
-                    drop(slot);
-                    shared.record_create_error(error.to_string(), now);
-                    return Err(PoolError::Backend(error));
-                }
-                Err(_) => {
-                    drop(slot);
-                    let error = timed_out(shared, TimeoutPhase::Creating, &mut deadline);
-                    // Tell the waiters that time out behind this call why nothing came free.
-                    let message = "create_connection did not finish in time".to_owned();
-                    shared.record_create_error(message, now);
-                    return Err(error);
-                }
-            }
+                Ok(Err(error)) => Some(error),
+                Err(_) => None,
+            };
+            return Err(match shared.create_failed(creating, error, now) {
+                Some(Ok(error)) => PoolError::Backend(error),
+                Some(Err(permanent)) => PoolError::Rejected(permanent),
+                None => timed_out(shared, TimeoutPhase::Creating, &mut deadline),
+            });
         }
 
         // 3. Nothing free: listen, re-check (loop again), and only then wait.
@@ -223,8 +268,16 @@ pub(crate) async fn checkout<M: ConnectionManager>(
             }
             Some(listener) => {
                 let limit = deadline.limit(shared, None);
-                if run_bounded(runtime, limit, listener).await.is_err() {
-                    return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
+                let wake = match (limit, retry_at) {
+                    (Some(limit), Some(retry)) => Some(limit.min(retry)),
+                    (limit, retry) => limit.or(retry),
+                };
+                if run_bounded(runtime, wake, listener).await.is_err() {
+                    // Either the call's deadline passed, or the governor's delay ended and
+                    // this call may try to create again.
+                    if limit.is_some_and(|limit| shared.now() >= limit) {
+                        return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
+                    }
                 }
             }
         }

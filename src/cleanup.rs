@@ -8,10 +8,10 @@
 
 use crate::{
     error::PoolError,
+    governor::Admission,
     manager::ConnectionManager,
-    pool::{ConnectionPool, Shared, Slot},
+    pool::{ConnectionPool, Creating, Shared},
     runtime::run_bounded,
-    status::Stats,
     sync::Ordering,
 };
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ impl<M: ConnectionManager> Shared<M> {
                 self.config.name,
                 report.idle_expired,
                 report.lifetime_expired,
-                self.size.load(Ordering::Relaxed),
+                self.size(),
                 self.idle.len(),
             );
         }
@@ -67,7 +67,16 @@ impl<M: ConnectionManager> Shared<M> {
     pub(crate) async fn top_up(&self) -> usize {
         let mut created = 0;
         while !self.is_closed() && self.idle.len() < self.config.min_idle {
-            let Some(slot) = Slot::reserve(self) else {
+            // The top-up obeys the connect governor like any caller, but never waits for it:
+            // while creations fail it tries only once the delay is over.
+            let max_connecting = match self.governor.is_failing() {
+                false => self.config.max_connecting,
+                true => match self.governor.admission(self.now()) {
+                    Admission::Probe => 1,
+                    _ => break,
+                },
+            };
+            let Some(creating) = Creating::begin(self, max_connecting) else {
                 break;
             };
             let start = self.now();
@@ -84,20 +93,17 @@ impl<M: ConnectionManager> Shared<M> {
             let now = self.now();
             match result {
                 Ok(Ok(raw)) => {
-                    Stats::bump(&self.stats.created);
                     created += 1;
-                    let conn = slot.fill(self.new_conn(raw, now));
+                    let conn = creating.finish(self.new_conn(raw, now));
+                    self.create_succeeded();
                     self.push_idle(conn);
                 }
                 Ok(Err(error)) => {
-                    drop(slot);
-                    self.record_create_error(error.to_string(), now);
+                    self.create_failed(creating, Some(error), now);
                     break;
                 }
                 Err(_) => {
-                    drop(slot);
-                    let message = "create_connection did not finish in time".to_owned();
-                    self.record_create_error(message, now);
+                    self.create_failed(creating, None, now);
                     break;
                 }
             }
@@ -107,7 +113,7 @@ impl<M: ConnectionManager> Shared<M> {
                 "{}: created {created} connections to keep min_idle {}; size {}, idle {}",
                 self.config.name,
                 self.config.min_idle,
-                self.size.load(Ordering::Relaxed),
+                self.size(),
                 self.idle.len(),
             );
         }

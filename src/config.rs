@@ -15,6 +15,8 @@ pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for [`Builder::validation_timeout`](crate::Builder::validation_timeout): 5 seconds.
 pub const DEFAULT_VALIDATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`Builder::max_connecting`](crate::Builder::max_connecting).
+pub const DEFAULT_MAX_CONNECTING: usize = 2;
 /// Default for [`Builder::cleanup_interval`](crate::Builder::cleanup_interval): 30 seconds.
 pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(30);
 /// Default idle threshold of [`ValidationPolicy::IdleLongerThan`]: 500 ms, as HikariCP.
@@ -68,6 +70,10 @@ pub struct Config {
     pub validation: ValidationPolicy,
     /// Period of the background cleanup task; `None` runs no task.
     pub cleanup_interval: Option<Duration>,
+    /// The most `create_connection` calls in flight at once; while creations fail, one.
+    pub max_connecting: usize,
+    /// Warn (once per checkout) about connections held longer than this; `None` is off.
+    pub leak_detection_threshold: Option<Duration>,
 }
 
 impl Default for Config {
@@ -83,6 +89,8 @@ impl Default for Config {
             validation_timeout: Some(DEFAULT_VALIDATION_TIMEOUT),
             validation: ValidationPolicy::default(),
             cleanup_interval: Some(DEFAULT_CLEANUP_INTERVAL),
+            max_connecting: DEFAULT_MAX_CONNECTING,
+            leak_detection_threshold: None,
         }
     }
 }
@@ -114,6 +122,12 @@ impl Config {
                 ),
             ));
         }
+        if self.max_connecting == 0 {
+            return Err(ConfigError::new(
+                "max_connecting",
+                "must be at least 1; with 0 the pool could never create a connection",
+            ));
+        }
         if self.min_idle > 0 && self.cleanup_interval.is_none() {
             return Err(ConfigError::new(
                 "min_idle",
@@ -128,6 +142,7 @@ impl Config {
             ("wait_timeout", self.wait_timeout),
             ("validation_timeout", self.validation_timeout),
             ("cleanup_interval", self.cleanup_interval),
+            ("leak_detection_threshold", self.leak_detection_threshold),
         ];
         for (field, duration) in durations {
             if let Some(duration) = duration {

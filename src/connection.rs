@@ -1,6 +1,6 @@
 //! The guard handed out by the pool, and the record kept for each connection.
 
-use crate::{manager::ConnectionManager, pool::Shared, sync::Arc};
+use crate::{leak::Checkout, manager::ConnectionManager, pool::Shared, sync::Arc};
 use std::{
     fmt,
     ops::{Deref, DerefMut},
@@ -33,14 +33,30 @@ pub struct PooledConnection<M: ConnectionManager> {
     shared: Arc<Shared<M>>,
     /// Set by `mark_broken`: destroy instead of returning.
     broken: bool,
+    /// The leak-detection record of this checkout, when leak detection is on.
+    leak: Option<Arc<Checkout>>,
 }
 
 impl<M: ConnectionManager> PooledConnection<M> {
-    pub(crate) fn new(shared: Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared<M>>,
+        conn: Conn<M::Connection>,
+        leak: Option<Arc<Checkout>>,
+    ) -> Self {
         Self {
             conn: Some(conn),
             shared,
             broken: false,
+            leak,
+        }
+    }
+
+    /// Tells leak detection the connection is back (or gone).
+    fn end_watch(&mut self) {
+        if let (Some(record), Some(watch)) = (self.leak.take(), &self.shared.leaks) {
+            if watch.returned(&record, self.shared.now(), &self.shared.config.name) {
+                crate::status::Stats::bump(&self.shared.stats.leaks);
+            }
         }
     }
 
@@ -49,6 +65,7 @@ impl<M: ConnectionManager> PooledConnection<M> {
     /// Its slot is freed at once, so the pool may create a replacement; the connection is no
     /// longer counted, expired or closed by the pool.
     pub fn detach(mut self) -> M::Connection {
+        self.end_watch();
         let conn = self.conn.take().expect("connection present until drop");
         self.shared.detach(conn)
     }
@@ -90,6 +107,7 @@ impl<M: ConnectionManager> DerefMut for PooledConnection<M> {
 
 impl<M: ConnectionManager> Drop for PooledConnection<M> {
     fn drop(&mut self) {
+        self.end_watch();
         if let Some(conn) = self.conn.take() {
             self.shared.recycle(conn, self.broken);
         }

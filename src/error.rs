@@ -39,6 +39,13 @@ pub enum PoolError<E> {
     },
     /// The manager failed to create a connection.
     Backend(E),
+    /// Creating connections failed with an error the manager classifies as permanent
+    /// ([`ConnectionManager::is_permanent_error`](crate::ConnectionManager::is_permanent_error),
+    /// for example bad credentials), during this call or shortly before it. Calls that would
+    /// have to create a connection fail at once with it instead of waiting for a timeout; the
+    /// pool tries again after a delay of at most
+    /// [`CREATE_BACKOFF_MAX`](crate::CREATE_BACKOFF_MAX).
+    Rejected(crate::sync::ErrorArc<E>),
     /// The pool was closed by [`ConnectionPool::close`](crate::ConnectionPool::close) or by
     /// dropping every handle to it.
     Closed,
@@ -67,6 +74,11 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
                 }
             }
             PoolError::Backend(e) => write!(f, "could not create a connection: {e}"),
+            PoolError::Rejected(e) => write!(
+                f,
+                "the backend refuses new connections: {e}; this will not pass by itself: fix \
+                 the cause (credentials, database name, TLS settings)"
+            ),
             PoolError::Closed => f.write_str("the pool is closed; build a new pool to continue"),
             PoolError::Config(e) => write!(f, "invalid pool configuration: {e}"),
             PoolError::NoRuntime { setting } => write!(
@@ -82,6 +94,7 @@ impl<E: Error + 'static> Error for PoolError<E> {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             PoolError::Backend(e) => Some(e),
+            PoolError::Rejected(e) => Some(&**e),
             PoolError::Config(e) => Some(e),
             _ => None,
         }

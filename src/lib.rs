@@ -83,11 +83,14 @@
 )]
 
 mod builder;
+mod capacity;
 mod checkout;
 mod cleanup;
 mod config;
 mod connection;
 mod error;
+mod governor;
+mod leak;
 mod manager;
 mod pool;
 mod runtime;
@@ -97,12 +100,14 @@ mod sync;
 pub use builder::Builder;
 pub use cleanup::CleanupReport;
 pub use config::{
-    Config, DEFAULT_CLEANUP_INTERVAL, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_IDLE_TIME,
-    DEFAULT_MAX_LIFETIME, DEFAULT_MAX_SIZE, DEFAULT_VALIDATION_IDLE_THRESHOLD,
-    DEFAULT_VALIDATION_TIMEOUT, DEFAULT_WAIT_TIMEOUT, MAX_POOL_SIZE, ValidationPolicy,
+    Config, DEFAULT_CLEANUP_INTERVAL, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTING,
+    DEFAULT_MAX_IDLE_TIME, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_SIZE,
+    DEFAULT_VALIDATION_IDLE_THRESHOLD, DEFAULT_VALIDATION_TIMEOUT, DEFAULT_WAIT_TIMEOUT,
+    MAX_POOL_SIZE, ValidationPolicy,
 };
 pub use connection::PooledConnection;
 pub use error::{ConfigError, PoolError, TimeoutPhase};
+pub use governor::{CREATE_BACKOFF_MAX, CREATE_BACKOFF_MIN};
 pub use manager::ConnectionManager;
 pub use pool::ConnectionPool;
 #[cfg(feature = "smol")]

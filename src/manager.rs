@@ -66,6 +66,17 @@ pub trait ConnectionManager: Send + Sync + 'static {
         conn: &mut Self::Connection,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Whether a `create_connection` error will not go away by retrying (wrong password,
+    /// unknown database, bad TLS configuration). The default says no.
+    ///
+    /// After a permanent error the pool fails calls that need a new connection at once with
+    /// [`PoolError::Rejected`](crate::PoolError::Rejected), instead of letting them wait for a
+    /// timeout, until a retry after the backoff delay succeeds.
+    fn is_permanent_error(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// Cheap synchronous check run when a connection is returned: `true` destroys it.
     ///
     /// It runs inside `Drop`, so it must not block or do I/O; look at a flag your connection

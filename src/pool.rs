@@ -6,13 +6,20 @@
 //!
 //! * `idle`: a bounded lock-free queue (crossbeam's `ArrayQueue`) of connections nobody holds,
 //!   with capacity `max_size`.
-//! * `size`: the number of *slots* in use. A slot is taken (by compare-and-swap, never past
-//!   `max_size`) before a connection is created, travels with the connection through the idle
-//!   queue and every guard, and is given back only after the connection value has been dropped
-//!   (or detached). Every connection that exists owns a slot, so at most `max_size` connections
-//!   ever exist and a push into the idle queue can never find it full.
+//! * `capacity`: the number of *slots* in use (`size`) and of creations in flight, in one
+//!   atomic word (see `capacity.rs`). A slot is taken together with a connect permit (by one
+//!   compare-and-swap, never past `max_size` or `max_connecting`) before a connection is
+//!   created; the permit is given back when the creation ends, the slot travels with the
+//!   connection through the idle queue and every guard, and is given back only after the
+//!   connection value has been dropped (or detached). Every connection that exists owns a
+//!   slot, so at most `max_size` connections ever exist and a push into the idle queue can
+//!   never find it full.
 //! * `event`: an `event-listener` event, notified once for every connection pushed into the
-//!   idle queue and for every slot given back.
+//!   idle queue, for every slot given back and for every permit given back; notified for
+//!   everyone when a creation fails or the first success ends a run of failures, so that
+//!   waiters held back by the governor recompute what they may do.
+//! * `governor`: failures in a row, the next instant a creation may start while failing, and
+//!   the last creation error (see `governor.rs`).
 //! * `closed`: set once by `close()`; never cleared.
 //!
 //! ## Wake-up protocol
@@ -43,20 +50,23 @@
 //! ## Slots and cancellation
 //!
 //! Every slot that is not inside a `PooledConnection` or the idle queue is held by a [`Slot`]
-//! guard, so a dropped `get` future, a failed or timed-out create, a failed validation and a
-//! panic in user code all give the slot back and wake a waiter.
+//! or [`Creating`] guard, so a dropped `get` future, a failed or timed-out create, a failed
+//! validation and a panic in user code all give the slot (and permit) back and wake a waiter.
 
 use crate::{
+    capacity::Capacity,
     config::{Config, ValidationPolicy},
     connection::{Conn, PooledConnection},
     error::PoolError,
+    governor::Governor,
+    leak::LeakWatch,
     manager::ConnectionManager,
     runtime::Runtime,
     status::{DestroyReason, Stats, Status},
-    sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, IdleQueue, Mutex, Ordering},
+    sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, ErrorArc, IdleQueue, Ordering},
 };
 use event_listener::Event;
-use std::{fmt, time::Instant};
+use std::{fmt, panic::Location, time::Instant};
 
 /// An async pool of connections created by a [`ConnectionManager`].
 ///
@@ -100,38 +110,42 @@ pub(crate) struct Shared<M: ConnectionManager> {
     pub(crate) runtime: Option<Box<dyn Runtime>>,
     /// Connections nobody holds. Each owns one slot of `size`.
     pub(crate) idle: IdleQueue<Conn<M::Connection>>,
-    /// Slots in use: connections that exist plus creations in flight; never above `max_size`.
-    pub(crate) size: AtomicUsize,
+    /// Slots in use (connections plus creations in flight, never above `max_size`) and
+    /// creations in flight (never above `max_connecting`).
+    pub(crate) capacity: Capacity,
+    /// Backoff and fail-fast after creation failures; the last creation error.
+    pub(crate) governor: Governor<M::Error>,
+    /// Checkout records for leak detection; `None` (and free) unless a threshold is set.
+    pub(crate) leaks: Option<LeakWatch>,
     /// `get_connection` calls currently listening on `event`.
     pub(crate) waiters: AtomicUsize,
     /// Set once by `close`.
     pub(crate) closed: AtomicBool,
     /// Live `ConnectionPool` handles; the last one to drop closes the pool.
     pub(crate) handles: AtomicUsize,
-    /// Notified once per connection pushed into `idle` and once per slot given back.
+    /// Notified once per connection pushed into `idle`, per slot and per permit given back.
     pub(crate) event: Event,
     pub(crate) stats: Stats,
-    /// When and why the most recent `create_connection` failed; touched only when one fails
-    /// and when a `get` times out, never on the checkout or return path.
-    pub(crate) last_create_error: Mutex<Option<(Instant, String)>>,
     /// Bumped to stop the running cleanup loop; a loop runs while its number is current.
     pub(crate) cleanup_generation: AtomicU64,
 }
 
 impl<M: ConnectionManager> Shared<M> {
     pub(crate) fn new(manager: M, config: Config, runtime: Option<Box<dyn Runtime>>) -> Self {
+        let epoch = runtime.as_ref().map_or_else(Instant::now, |r| r.now());
         Self {
             idle: IdleQueue::new(config.max_size),
+            capacity: Capacity::new(config.max_size),
+            governor: Governor::new(epoch, runtime.is_some()),
+            leaks: config.leak_detection_threshold.map(LeakWatch::new),
             manager,
             config,
             runtime,
-            size: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
             event: Event::new(),
             stats: Stats::default(),
-            last_create_error: Mutex::new(None),
             cleanup_generation: AtomicU64::new(0),
         }
     }
@@ -187,21 +201,14 @@ impl<M: ConnectionManager> Shared<M> {
         }
     }
 
-    /// Takes a slot if one is free. Compare-and-swap, so two racing callers cannot both take
-    /// the last one.
-    pub(crate) fn try_reserve(&self) -> bool {
-        let max = self.config.max_size;
-        self.size
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |size| {
-                (size < max).then_some(size + 1)
-            })
-            .is_ok()
+    /// Slots in use: connections that exist plus creations in flight.
+    pub(crate) fn size(&self) -> usize {
+        self.capacity.size()
     }
 
     /// Gives a slot back and wakes one waiter, who may now create a connection.
     pub(crate) fn release_slot(&self) {
-        let previous = self.size.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(previous > 0, "released a slot that was never taken");
+        self.capacity.release_slot();
         self.event.notify_additional(1);
     }
 
@@ -214,7 +221,7 @@ impl<M: ConnectionManager> Shared<M> {
             "{}: destroyed a connection ({}); size {}, idle {}",
             self.config.name,
             reason.as_str(),
-            self.size.load(Ordering::Relaxed),
+            self.size(),
             self.idle.len(),
         );
     }
@@ -293,7 +300,7 @@ impl<M: ConnectionManager> Shared<M> {
         log::debug!(
             "{}: closing; size {}, idle {}, waiters {}",
             self.config.name,
-            self.size.load(Ordering::Relaxed),
+            self.size(),
             self.idle.len(),
             self.waiters.load(Ordering::Relaxed),
         );
@@ -303,36 +310,99 @@ impl<M: ConnectionManager> Shared<M> {
         self.drain_idle();
     }
 
-    pub(crate) fn record_create_error(&self, message: String, now: Instant) {
+    /// Records a failed creation with the governor (which schedules the next attempt), gives
+    /// its slot and permit back, and wakes every waiter so that each recomputes what it may do.
+    /// A permanent error comes back shared, for the callers that fail fast with it.
+    pub(crate) fn create_failed(
+        &self,
+        creating: Creating<'_, M>,
+        error: Option<M::Error>,
+        now: Instant,
+    ) -> Option<Result<M::Error, ErrorArc<M::Error>>> {
         Stats::bump(&self.stats.create_failures);
+        let (message, outcome) = match error {
+            None => (
+                format!(
+                    "create_connection did not finish within connection_timeout ({:?})",
+                    self.config.connection_timeout.unwrap_or_default()
+                ),
+                None,
+            ),
+            Some(error) => {
+                let message = error.to_string();
+                if self.manager.is_permanent_error(&error) {
+                    (message, Some(Err(ErrorArc::new(error))))
+                } else {
+                    (message, Some(Ok(error)))
+                }
+            }
+        };
+        let permanent = match &outcome {
+            Some(Err(error)) => Some(ErrorArc::clone(error)),
+            _ => None,
+        };
+        let kind = if permanent.is_some() {
+            "permanent"
+        } else {
+            "transient"
+        };
+        // Schedule the backoff before the slot is free, so that nobody dials in between.
+        let failures = self.governor.failed(now, message.clone(), permanent);
+        creating.abort();
+        self.event.notify(usize::MAX);
         log::warn!(
-            "{}: could not create a connection: {message}; size {}, waiters {}",
+            "{}: could not create a connection ({kind}, {failures} in a row): {message}; size {}, \
+             waiters {}",
             self.config.name,
-            self.size.load(Ordering::Relaxed),
+            self.size(),
             self.waiters.load(Ordering::Relaxed),
         );
-        if let Ok(mut last) = self.last_create_error.lock() {
-            *last = Some((now, message));
+        outcome
+    }
+
+    /// Records a successful creation; the first one after failures wakes every waiter that
+    /// the governor held back.
+    pub(crate) fn create_succeeded(&self) {
+        Stats::bump(&self.stats.created);
+        if self.governor.succeeded() {
+            log::info!(
+                "{}: creating connections works again; waiters {}",
+                self.config.name,
+                self.waiters.load(Ordering::Relaxed),
+            );
+            self.event.notify(usize::MAX);
         }
     }
 
     /// The most recent creation failure, if it happened at or after `since`.
     pub(crate) fn create_error_since(&self, since: Instant) -> Option<String> {
-        let last = self.last_create_error.lock().ok()?;
-        match &*last {
-            Some((at, message)) if *at >= since => Some(message.clone()),
-            _ => None,
-        }
+        self.governor.error_since(since)
+    }
+
+    /// Wraps a checked-out connection in its guard, recording the checkout for leak
+    /// detection when that is on.
+    // An associated function, not a method: loom's `Arc` cannot be a `self` type.
+    pub(crate) fn hand_out(
+        this: &Arc<Self>,
+        conn: Conn<M::Connection>,
+        location: &'static Location<'static>,
+    ) -> PooledConnection<M> {
+        let leak = this
+            .leaks
+            .as_ref()
+            .map(|watch| watch.track(this.now(), location));
+        PooledConnection::new(Arc::clone(this), conn, leak)
     }
 
     pub(crate) fn status(&self) -> Status {
-        let size = self.size.load(Ordering::Acquire);
+        let size = self.capacity.size();
         let idle = self.idle.len();
         Status {
             max_size: self.config.max_size,
             size,
             idle,
             in_use: size.saturating_sub(idle),
+            connecting: self.capacity.connecting(),
             waiters: self.waiters.load(Ordering::Acquire),
             counters: self.stats.snapshot(),
         }
@@ -354,17 +424,6 @@ pub(crate) struct Slot<'a, M: ConnectionManager> {
 }
 
 impl<'a, M: ConnectionManager> Slot<'a, M> {
-    /// Reserves an empty slot for a connection about to be created.
-    pub(crate) fn reserve(shared: &'a Shared<M>) -> Option<Self> {
-        // Build the guard only once the slot is ours: dropping an armed guard releases one.
-        shared.try_reserve().then(|| Self {
-            shared,
-            conn: None,
-            armed: true,
-            drop_reason: DestroyReason::Closed,
-        })
-    }
-
     /// Guards the slot owned by `conn`.
     pub(crate) fn holding(
         shared: &'a Shared<M>,
@@ -389,13 +448,6 @@ impl<'a, M: ConnectionManager> Slot<'a, M> {
         self.conn.take().expect("slot holds a connection")
     }
 
-    /// Hands the slot to a freshly created connection.
-    pub(crate) fn fill(mut self, conn: Conn<M::Connection>) -> Conn<M::Connection> {
-        debug_assert!(self.conn.is_none());
-        self.armed = false;
-        conn
-    }
-
     /// Destroys the held connection (if any) and gives the slot back now.
     pub(crate) fn destroy(mut self, reason: DestroyReason) {
         self.drop_reason = reason;
@@ -414,6 +466,56 @@ impl<M: ConnectionManager> Drop for Slot<'_, M> {
     }
 }
 
+/// A slot and a connect permit, held while `create_connection` runs.
+///
+/// Dropping it (cancellation, timeout, panic in `create_connection`) gives both back and wakes
+/// a waiter; failures go through [`Shared::create_failed`] instead, which also records them.
+pub(crate) struct Creating<'a, M: ConnectionManager> {
+    shared: &'a Shared<M>,
+    /// `false` once the slot has passed to a connection or both were given back.
+    armed: bool,
+}
+
+impl<'a, M: ConnectionManager> Creating<'a, M> {
+    /// Takes a slot and a permit together, if a slot is free and fewer than `max_connecting`
+    /// creations are in flight.
+    pub(crate) fn begin(shared: &'a Shared<M>, max_connecting: usize) -> Option<Self> {
+        // Build the guard only once both are ours (`then`, not the eager `then_some`):
+        // dropping an armed guard gives both back.
+        shared
+            .capacity
+            .try_begin_create(max_connecting)
+            .then(|| Self {
+                shared,
+                armed: true,
+            })
+    }
+
+    /// Hands the slot to the created connection and gives the permit back, waking a waiter
+    /// that may now create.
+    pub(crate) fn finish(mut self, conn: Conn<M::Connection>) -> Conn<M::Connection> {
+        self.armed = false;
+        self.shared.capacity.finish_create();
+        self.shared.event.notify_additional(1);
+        conn
+    }
+
+    /// Gives the slot and the permit back without waking anyone; the caller wakes everyone.
+    fn abort(mut self) {
+        self.armed = false;
+        self.shared.capacity.abort_create();
+    }
+}
+
+impl<M: ConnectionManager> Drop for Creating<'_, M> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.capacity.abort_create();
+            self.shared.event.notify_additional(1);
+        }
+    }
+}
+
 impl<M: ConnectionManager> ConnectionPool<M> {
     /// Wraps freshly built shared state; it starts with one handle.
     pub(crate) fn from_shared(shared: Arc<Shared<M>>) -> Self {
@@ -426,7 +528,9 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// Returns `None` when no idle connection is ready, when the pool is closed, and when other
     /// tasks are already waiting in `get_connection` (so that it never jumps the queue). It does
     /// no I/O: connections are not validated here, only checked for expiry.
+    #[track_caller]
     pub fn try_get_connection(&self) -> Option<PooledConnection<M>> {
+        let location = Location::caller();
         let shared = &self.shared;
         if shared.is_closed() || shared.waiters.load(Ordering::Acquire) > 0 {
             return None;
@@ -438,7 +542,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
                 Some(reason) => shared.destroy(conn, reason),
                 None => {
                     log::trace!("{}: try_get checked out a connection", shared.config.name);
-                    return Some(PooledConnection::new(Arc::clone(shared), conn));
+                    return Some(Shared::hand_out(shared, conn, location));
                 }
             }
         }

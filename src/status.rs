@@ -52,6 +52,8 @@ pub struct Status {
     pub in_use: usize,
     /// `get_connection` calls currently waiting for a connection.
     pub waiters: usize,
+    /// `create_connection` calls in flight (at most `max_connecting`).
+    pub connecting: usize,
     /// Totals since the pool was built.
     pub counters: Counters,
 }
@@ -73,6 +75,12 @@ pub struct Counters {
     pub waited: u64,
     /// `get_connection` calls that timed out.
     pub timeouts: u64,
+    /// `get_connection` calls failed at once with
+    /// [`PoolError::Rejected`](crate::PoolError::Rejected) because a recent creation failed
+    /// with a permanent error.
+    pub rejected: u64,
+    /// Checkouts held longer than `leak_detection_threshold` (each counted once).
+    pub leaks: u64,
 }
 
 /// Connections destroyed, one count per [`DestroyReason`].
@@ -117,6 +125,8 @@ pub(crate) struct Stats {
     pub(crate) detached: AtomicU64,
     pub(crate) waited: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) leaks: AtomicU64,
     /// Indexed by `DestroyReason as usize`.
     pub(crate) destroyed: [AtomicU64; 7],
 }
@@ -139,6 +149,8 @@ impl Stats {
             detached: get(&self.detached),
             waited: get(&self.waited),
             timeouts: get(&self.timeouts),
+            rejected: get(&self.rejected),
+            leaks: get(&self.leaks),
             destroyed: DestroyedCounts {
                 broken: destroyed(DestroyReason::Broken),
                 validation_failed: destroyed(DestroyReason::ValidationFailed),

@@ -19,6 +19,17 @@ pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
+/// The `Arc` that carries a permanent creation error to the callers that fail fast with it.
+///
+/// Always std's, under loom too: it is part of the public error type, and it only shares an
+/// immutable value, so there is no interleaving in it for loom to explore.
+pub(crate) use std::sync::Arc as ErrorArc;
+
+/// An unbounded lock-free queue of checkout records for leak detection (crossbeam's
+/// `SegQueue`). Leak detection needs a runtime, which loom models never have, so the loom
+/// build keeps the same type: no model ever pushes to it.
+pub(crate) use crossbeam_queue::SegQueue as LeakQueue;
+
 /// A bounded multi-producer multi-consumer queue of idle connections.
 ///
 /// `push` hands the value back when the queue is full; the pool's size counter makes that

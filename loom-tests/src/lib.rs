@@ -193,8 +193,18 @@ impl ConnectionManager for ModelManager {
 /// The pool every model uses: no runtime (loom has no time), no validation on checkout, and
 /// the default idle time and lifetime, which the real clock never reaches during a model.
 pub fn pool(max_size: usize, manager: ModelManager) -> ConnectionPool<ModelManager> {
+    pool_connecting(max_size, connection_pool::DEFAULT_MAX_CONNECTING, manager)
+}
+
+/// [`pool`] with a cap on creations in flight.
+pub fn pool_connecting(
+    max_size: usize,
+    max_connecting: usize,
+    manager: ModelManager,
+) -> ConnectionPool<ModelManager> {
     ConnectionPool::builder(manager)
         .max_size(max_size)
+        .max_connecting(max_connecting)
         .validation(ValidationPolicy::Never)
         .no_runtime()
         .build()

@@ -6,7 +6,9 @@
 #![cfg(loom)]
 
 use connection_pool::PoolError;
-use connection_pool_loom_tests::{Create, ModelManager, check, get, poll_once_then_drop, pool};
+use connection_pool_loom_tests::{
+    Create, ModelManager, check, get, poll_once_then_drop, pool, pool_connecting,
+};
 use loom::thread;
 use std::time::{Duration, Instant};
 
@@ -377,6 +379,37 @@ fn m8_a_broken_return_serves_the_parked_waiter() {
             1,
             "the replacement came only after the broken one died"
         );
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 9. The connect governor on `max_size` 2 with `max_connecting` 1: while one getter creates
+///    (and yields mid-create), the other finds a free slot but no permit. The permit given
+///    back when the first creation ends must wake it, or it sleeps with a slot free.
+#[test]
+fn m9_a_finished_creation_wakes_a_getter_held_back_by_max_connecting() {
+    check("m9 max_connecting", || {
+        let pool = pool_connecting(
+            2,
+            1,
+            ModelManager::new(&[Create::PendOnce, Create::PendOnce]),
+        );
+        let counts = pool.manager().counts.clone();
+
+        // Both keep their connections, so neither can be rescued by the other's return.
+        let other = {
+            let pool = pool.clone();
+            thread::spawn(move || get(&pool).expect("served"))
+        };
+        let mine = get(&pool).expect("served");
+        let other = other.join().unwrap();
+
+        assert_ne!(mine.id, other.id);
+        assert_eq!(counts.created(), 2);
+        assert_eq!(counts.peak(), 2);
+        assert_eq!(pool.status().connecting, 0);
+        drop((mine, other));
         drop(pool);
         assert_eq!(counts.live(), 0);
     });

@@ -21,6 +21,8 @@ use std::{
 pub enum Gate {
     Ok,
     Fail,
+    /// Fails with an error the manager classifies as permanent (think: wrong password).
+    Reject,
     /// Never completes.
     Hang,
     Panic,
@@ -47,6 +49,9 @@ pub struct Counts {
     /// The highest `live` ever seen.
     pub peak: AtomicUsize,
     pub create_calls: AtomicUsize,
+    /// `create_connection` calls in flight now, and the most ever in flight at once.
+    pub connecting: AtomicUsize,
+    pub peak_connecting: AtomicUsize,
     pub validations: AtomicUsize,
     next_id: AtomicUsize,
     create_gate: Mutex<Gate>,
@@ -66,6 +71,10 @@ impl Counts {
 
     pub fn create_calls(&self) -> usize {
         self.create_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn peak_connecting(&self) -> usize {
+        self.peak_connecting.load(Ordering::SeqCst)
     }
 
     pub fn validations(&self) -> usize {
@@ -97,6 +106,8 @@ impl TestManager {
                 live: AtomicUsize::new(0),
                 peak: AtomicUsize::new(0),
                 create_calls: AtomicUsize::new(0),
+                connecting: AtomicUsize::new(0),
+                peak_connecting: AtomicUsize::new(0),
                 validations: AtomicUsize::new(0),
                 next_id: AtomicUsize::new(0),
                 create_gate: Mutex::new(Gate::Ok),
@@ -141,6 +152,7 @@ async fn pass(gate: Gate) -> Result<(), TestError> {
     match gate {
         Gate::Ok => Ok(()),
         Gate::Fail => Err(TestError("refused by the test")),
+        Gate::Reject => Err(TestError("rejected: bad password")),
         Gate::Hang => std::future::pending().await,
         Gate::Panic => panic!("test manager panics on purpose"),
         Gate::Delay(d) => {
@@ -162,7 +174,9 @@ impl ConnectionManager for TestManager {
     async fn create_connection(&self) -> Result<TestConn, TestError> {
         self.counts.create_calls.fetch_add(1, Ordering::SeqCst);
         let gate = *self.counts.create_gate.lock().unwrap();
+        let in_flight = InFlight::enter(&self.counts);
         pass(gate).await?;
+        drop(in_flight);
         let live = self.counts.live.fetch_add(1, Ordering::SeqCst) + 1;
         self.counts.peak.fetch_max(live, Ordering::SeqCst);
         Ok(TestConn {
@@ -178,8 +192,29 @@ impl ConnectionManager for TestManager {
         pass(gate).await
     }
 
+    fn is_permanent_error(&self, error: &TestError) -> bool {
+        error.0.starts_with("rejected")
+    }
+
     fn has_broken(&self, conn: &mut TestConn) -> bool {
         self.counts.broken.lock().unwrap().contains(&conn.id)
+    }
+}
+
+/// Counts a `create_connection` call as in flight until dropped (also when cancelled).
+struct InFlight<'a>(&'a Counts);
+
+impl<'a> InFlight<'a> {
+    fn enter(counts: &'a Counts) -> Self {
+        let now = counts.connecting.fetch_add(1, Ordering::SeqCst) + 1;
+        counts.peak_connecting.fetch_max(now, Ordering::SeqCst);
+        Self(counts)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.connecting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -1,0 +1,199 @@
+//! The connect governor's memory of failures: backoff, fail-fast on permanent errors, and the
+//! last creation error that timeouts report.
+//!
+//! While creates succeed it costs one relaxed load per creation attempt. After a failure the
+//! pool allows one creation at a time (a prober), no earlier than a jittered, exponentially
+//! growing delay after the previous failure, so a backend that went away sees a trickle of
+//! connect attempts however many tasks wait on the pool. If the manager classified the error
+//! as permanent (bad credentials, unknown database), callers that would have to create a
+//! connection fail at once with it until the delay has passed and a probe has been tried again.
+//! The first success clears everything.
+
+use crate::sync::{AtomicU64, AtomicUsize, ErrorArc, Mutex, Ordering};
+use std::time::{Duration, Instant};
+
+/// The first retry delay after a failure; it doubles with each further failure.
+pub const CREATE_BACKOFF_MIN: Duration = Duration::from_millis(20);
+/// The longest retry delay, so that service resumes within about this long after the backend
+/// comes back.
+pub const CREATE_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// What a caller that wants to create a connection may do now.
+pub(crate) enum Admission<E> {
+    /// Creates succeed: up to `max_connecting` at once.
+    Open,
+    /// The last create failed and its delay is over: one creation at a time.
+    Probe,
+    /// The last create failed; try again at this instant.
+    Backoff(Instant),
+    /// The last create failed with a permanent error and its delay is not over.
+    Rejected(ErrorArc<E>),
+}
+
+/// The last creation failure.
+struct LastFailure<E> {
+    at: Instant,
+    message: String,
+    /// Set when the manager classified the error as permanent.
+    permanent: Option<ErrorArc<E>>,
+}
+
+/// Failure state shared by every creation path (checkout and the `min_idle` top-up).
+pub(crate) struct Governor<E> {
+    /// Failures since the last success; 0 while creates succeed.
+    failures: AtomicUsize,
+    /// Nanoseconds after `epoch` before which no new creation starts while failing.
+    retry_at: AtomicU64,
+    epoch: Instant,
+    /// Whether to wait between failures at all; without a runtime nobody could wake a waiter
+    /// when the delay ends, so the pool only serialises creations.
+    backoff: bool,
+    /// Touched only when a create fails, when a call times out, or when a call is rejected.
+    last: Mutex<Option<LastFailure<E>>>,
+}
+
+impl<E> Governor<E> {
+    pub(crate) fn new(epoch: Instant, backoff: bool) -> Self {
+        Self {
+            failures: AtomicUsize::new(0),
+            retry_at: AtomicU64::new(0),
+            epoch,
+            backoff,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether the last creation failed. One relaxed load: the fast path's only cost.
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) > 0
+    }
+
+    /// What a caller may do while [`is_failing`](Self::is_failing).
+    pub(crate) fn admission(&self, now: Instant) -> Admission<E> {
+        if !self.is_failing() {
+            return Admission::Open;
+        }
+        let retry_at = self.epoch + Duration::from_nanos(self.retry_at.load(Ordering::Acquire));
+        if now >= retry_at {
+            return Admission::Probe;
+        }
+        let permanent = self
+            .last
+            .lock()
+            .ok()
+            .and_then(|last| last.as_ref().and_then(|l| l.permanent.clone()));
+        match permanent {
+            Some(error) => Admission::Rejected(error),
+            None => Admission::Backoff(retry_at),
+        }
+    }
+
+    /// Records a failed creation and schedules the next attempt. Returns how many failures
+    /// in a row there have been.
+    pub(crate) fn failed(
+        &self,
+        now: Instant,
+        message: String,
+        permanent: Option<ErrorArc<E>>,
+    ) -> usize {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(LastFailure {
+                at: now,
+                message,
+                permanent,
+            });
+        }
+        let delay = if self.backoff {
+            backoff_delay(failures)
+        } else {
+            Duration::ZERO
+        };
+        let retry_at = now.saturating_duration_since(self.epoch) + delay;
+        self.retry_at.store(
+            u64::try_from(retry_at.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Release,
+        );
+        failures
+    }
+
+    /// Records a successful creation. Returns `true` when it ends a run of failures.
+    pub(crate) fn succeeded(&self) -> bool {
+        if !self.is_failing() {
+            return false;
+        }
+        if let Ok(mut last) = self.last.lock() {
+            if let Some(last) = last.as_mut() {
+                last.permanent = None;
+            }
+        }
+        self.failures.swap(0, Ordering::AcqRel) > 0
+    }
+
+    /// The message of the last creation failure, if it happened at or after `since`.
+    pub(crate) fn error_since(&self, since: Instant) -> Option<String> {
+        let last = self.last.lock().ok()?;
+        last.as_ref()
+            .filter(|last| last.at >= since)
+            .map(|last| last.message.clone())
+    }
+}
+
+/// `CREATE_BACKOFF_MIN * 2^(failures - 1)`, capped at `CREATE_BACKOFF_MAX`, then scaled by a
+/// random factor in [0.75, 1.25) so that several pools (or processes) do not retry in step.
+fn backoff_delay(failures: usize) -> Duration {
+    let doublings = u32::try_from(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    let delay = CREATE_BACKOFF_MIN
+        .saturating_mul(1 << doublings)
+        .min(CREATE_BACKOFF_MAX);
+    delay.mul_f64(0.75 + fastrand::f64() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_the_cap_with_jitter() {
+        for failures in 1..40 {
+            let expected = CREATE_BACKOFF_MIN
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(CREATE_BACKOFF_MAX);
+            let delay = backoff_delay(failures as usize);
+            assert!(delay >= expected.mul_f64(0.75), "{failures}: {delay:?}");
+            assert!(delay < expected.mul_f64(1.25), "{failures}: {delay:?}");
+        }
+    }
+
+    #[test]
+    fn a_permanent_failure_rejects_until_its_delay_is_over_and_success_clears_it() {
+        let epoch = Instant::now();
+        let governor = Governor::<std::io::Error>::new(epoch, true);
+        assert!(matches!(governor.admission(epoch), Admission::Open));
+        let error = ErrorArc::new(std::io::Error::other("bad password"));
+        governor.failed(epoch, "bad password".into(), Some(error));
+        assert!(matches!(governor.admission(epoch), Admission::Rejected(_)));
+        let later = epoch + CREATE_BACKOFF_MAX * 2;
+        assert!(matches!(governor.admission(later), Admission::Probe));
+        assert!(governor.succeeded());
+        assert!(matches!(governor.admission(later), Admission::Open));
+        assert_eq!(governor.error_since(epoch).as_deref(), Some("bad password"));
+        assert_eq!(governor.error_since(later), None);
+    }
+
+    #[test]
+    fn a_transient_failure_backs_off() {
+        let epoch = Instant::now();
+        let governor = Governor::<std::io::Error>::new(epoch, true);
+        governor.failed(epoch, "refused".into(), None);
+        match governor.admission(epoch) {
+            Admission::Backoff(at) => assert!(at > epoch && at < epoch + CREATE_BACKOFF_MAX),
+            _ => panic!("expected a backoff"),
+        }
+        let without_backoff = Governor::<std::io::Error>::new(epoch, false);
+        without_backoff.failed(epoch, "refused".into(), None);
+        assert!(matches!(without_backoff.admission(epoch), Admission::Probe));
+    }
+}

@@ -1,0 +1,182 @@
+//! The connect governor: at most `max_connecting` creations at once, one prober with a growing
+//! delay while creations fail, fail-fast on permanent errors, and recovery as soon as the
+//! backend answers again. Time is a manual clock.
+
+mod common;
+
+use common::{Gate, ManualClock, ManualRuntime, TestManager, advance_until, eventually};
+use connection_pool::{CREATE_BACKOFF_MAX, ConnectionPool, PoolError, ValidationPolicy};
+use std::{sync::Arc, time::Duration};
+
+fn pool(
+    max_size: usize,
+    max_connecting: usize,
+) -> (ConnectionPool<TestManager>, TestManager, Arc<ManualClock>) {
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(max_size)
+        .max_connecting(max_connecting)
+        .wait_timeout(Duration::from_secs(30))
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    (pool, manager, clock)
+}
+
+fn spawn_gets(
+    pool: &ConnectionPool<TestManager>,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<usize, PoolError<common::TestError>>>> {
+    (0..n)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get_connection().await.map(|c| c.id) })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creations_in_flight_never_exceed_max_connecting() {
+    for max_connecting in [1, 2, 4] {
+        let (pool, manager, _clock) = pool(16, max_connecting);
+        manager
+            .counts
+            .set_create(Gate::Delay(Duration::from_millis(5)));
+        for task in spawn_gets(&pool, 32) {
+            task.await.unwrap().expect("every call is served");
+        }
+        let peak = manager.counts.peak_connecting();
+        assert!(
+            (1..=max_connecting).contains(&peak),
+            "{peak} creations at once with max_connecting {max_connecting}"
+        );
+        assert_eq!(pool.status().connecting, 0);
+    }
+}
+
+#[tokio::test]
+async fn while_creations_fail_one_prober_retries_with_a_growing_delay() {
+    let (pool, manager, clock) = pool(8, 2);
+    manager.counts.set_create(Gate::Fail);
+    let tasks = spawn_gets(&pool, 64);
+    eventually("the first attempts failed", || {
+        pool.status().counters.create_failures >= 1 && pool.status().waiters > 0
+    })
+    .await;
+
+    // Two simulated seconds of outage, in 10 ms steps.
+    for _ in 0..200 {
+        clock.advance(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            manager.counts.peak_connecting() <= 2,
+            "never more than max_connecting"
+        );
+    }
+    let attempts = manager.counts.create_calls();
+    // 20 ms doubling to 500 ms, +-25 %: about 8 in 2 s, plus the first two in parallel.
+    assert!(
+        (5..=14).contains(&attempts),
+        "{attempts} connect attempts during a 2 s outage with 64 waiters"
+    );
+
+    // The backend comes back: the next probe succeeds and everyone is served soon after.
+    manager.counts.set_create(Gate::Ok);
+    let outage_end = clock.now();
+    advance_until(&clock, Duration::from_millis(10), "all served", || {
+        tasks.iter().all(|t| t.is_finished())
+    })
+    .await;
+    let recovery = clock.now() - outage_end;
+    assert!(
+        recovery <= CREATE_BACKOFF_MAX + Duration::from_millis(200),
+        "recovered after {recovery:?}"
+    );
+    let mut served = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => served += 1,
+            Err(PoolError::Backend(_)) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(
+        served + attempts,
+        64,
+        "each failed attempt fails one call; the rest are served"
+    );
+    assert!(manager.counts.live() <= 8);
+}
+
+#[tokio::test]
+async fn a_permanent_error_fails_callers_at_once_until_a_retry_succeeds() {
+    let (pool, manager, clock) = pool(4, 2);
+    manager.counts.set_create(Gate::Reject);
+    let first = pool.get_connection().await.unwrap_err();
+    assert!(matches!(first, PoolError::Rejected(_)), "{first}");
+    assert!(first.to_string().contains("bad password"), "{first}");
+
+    // Within the retry delay, callers that would have to create fail without dialling.
+    for _ in 0..10 {
+        let error = pool.get_connection().await.unwrap_err();
+        assert!(matches!(error, PoolError::Rejected(_)), "{error}");
+    }
+    assert_eq!(manager.counts.create_calls(), 1);
+    assert_eq!(pool.status().counters.rejected, 10);
+    assert_eq!(pool.status().size, 0);
+
+    // After the delay one call probes again; once the cause is fixed the pool works.
+    clock.advance(CREATE_BACKOFF_MAX + CREATE_BACKOFF_MAX / 4);
+    assert!(matches!(
+        pool.get_connection().await,
+        Err(PoolError::Rejected(_))
+    ));
+    assert_eq!(manager.counts.create_calls(), 2);
+    manager.counts.set_create(Gate::Ok);
+    clock.advance(CREATE_BACKOFF_MAX + CREATE_BACKOFF_MAX / 4);
+    let conn = pool.get_connection().await.expect("works again");
+    drop(conn);
+    assert!(pool.get_connection().await.is_ok());
+}
+
+#[tokio::test]
+async fn idle_connections_are_still_handed_out_while_creations_are_rejected() {
+    let (pool, manager, _clock) = pool(2, 2);
+    let held = pool.get_connection().await.unwrap();
+    let id = held.id;
+    manager.counts.set_create(Gate::Reject);
+    assert!(matches!(
+        pool.get_connection().await,
+        Err(PoolError::Rejected(_))
+    ));
+    // A caller waiting while the only connection is out is served by its return.
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            // Rejected at once (a slot is free, so it would have to create)...
+            assert!(matches!(
+                pool.get_connection().await,
+                Err(PoolError::Rejected(_))
+            ));
+            // ...but an idle connection needs no creation.
+            loop {
+                if let Some(conn) = pool.try_get_connection() {
+                    return conn.id;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    drop(held);
+    assert_eq!(waiter.await.unwrap(), id);
+    assert_eq!(pool.get_connection().await.unwrap().id, id);
+    assert_eq!(
+        manager.counts.create_calls(),
+        2,
+        "the rejected calls did not dial"
+    );
+}

@@ -1,0 +1,144 @@
+//! Leak detection: a connection held longer than `leak_detection_threshold` is reported once,
+//! with the source location of the `get_connection` call; when off, nothing is spawned.
+
+mod common;
+
+use common::{ManualClock, ManualRuntime, TestManager, advance_until, running};
+use connection_pool::{ConnectionPool, PoolError, ValidationPolicy};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// Keeps every warning logged by this test binary.
+struct Capture(Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.0.lock().unwrap().push(record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+fn warnings_mentioning(needle: &str) -> usize {
+    CAPTURE
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|w| w.contains(needle))
+        .count()
+}
+
+/// The tasks a `ManualRuntime` spawned.
+type Spawned = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
+fn pool(
+    name: &str,
+    threshold: Option<Duration>,
+) -> (ConnectionPool<TestManager>, Arc<ManualClock>, Spawned) {
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Warn);
+    let clock = ManualClock::new();
+    let runtime = ManualRuntime::new(&clock);
+    let spawned = Arc::clone(&runtime.spawned);
+    let pool = ConnectionPool::builder(TestManager::new())
+        .name(name)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .leak_detection_threshold(threshold)
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    (pool, clock, spawned)
+}
+
+#[tokio::test]
+async fn a_connection_held_too_long_is_reported_once_with_its_checkout_site() {
+    let (pool, clock, _) = pool("leaky", Some(Duration::from_secs(10)));
+    let line = line!() + 1;
+    let held = pool.get_connection().await.unwrap();
+    let site = format!("tests/leaks.rs:{line}:");
+    let short = pool.get_connection().await.unwrap();
+    drop(short);
+
+    clock.advance(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        pool.status().counters.leaks,
+        0,
+        "not yet past the threshold"
+    );
+
+    advance_until(
+        &clock,
+        Duration::from_secs(1),
+        "the leak is reported",
+        || pool.status().counters.leaks == 1,
+    )
+    .await;
+    assert_eq!(warnings_mentioning(&site), 1, "the warning names {site}");
+    assert!(warnings_mentioning("leaky: a connection checked out at") >= 1);
+
+    // Once per checkout: more time and the return add nothing.
+    clock.advance(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(held);
+    assert_eq!(pool.status().counters.leaks, 1);
+    assert_eq!(warnings_mentioning(&site), 1);
+}
+
+#[tokio::test]
+async fn a_long_hold_returned_before_the_watcher_looks_is_reported_on_return() {
+    let (pool, clock, _) = pool("slow-return", Some(Duration::from_secs(10)));
+    let line = line!() + 1;
+    let held = pool.get_connection().await.unwrap();
+    let site = format!("tests/leaks.rs:{line}:");
+    // Jump past the threshold and return before the watcher's next tick can run.
+    clock.advance(Duration::from_secs(11));
+    drop(held);
+    assert_eq!(pool.status().counters.leaks, 1);
+    assert_eq!(warnings_mentioning(&site), 1, "the warning names {site}");
+}
+
+#[tokio::test]
+async fn leak_detection_off_spawns_nothing_and_reports_nothing() {
+    let (pool, clock, spawned) = pool("quiet", None);
+    let held = pool.get_connection().await.unwrap();
+    clock.advance(Duration::from_secs(3600));
+    drop(held);
+    assert_eq!(running(&spawned), 0, "no watcher task");
+    assert_eq!(pool.status().counters.leaks, 0);
+    assert_eq!(warnings_mentioning("quiet:"), 0);
+}
+
+#[test]
+fn leak_detection_needs_a_runtime_and_a_nonzero_threshold() {
+    let refused = ConnectionPool::builder(TestManager::new())
+        .no_runtime()
+        .leak_detection_threshold(Duration::from_secs(1))
+        .build();
+    assert!(matches!(
+        refused,
+        Err(PoolError::NoRuntime {
+            setting: "leak_detection_threshold"
+        })
+    ));
+    let zero = ConnectionPool::builder(TestManager::new())
+        .no_runtime()
+        .leak_detection_threshold(Duration::ZERO)
+        .build();
+    match zero {
+        Err(PoolError::Config(e)) => assert_eq!(e.field(), "leak_detection_threshold"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
