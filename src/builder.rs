@@ -4,6 +4,7 @@ use crate::{
     config::{Config, ValidationPolicy},
     error::PoolError,
     manager::ConnectionManager,
+    observer::PoolObserver,
     pool::{ConnectionPool, Shared},
     runtime::Runtime,
     sync::Arc,
@@ -46,6 +47,7 @@ pub struct Builder<M: ConnectionManager> {
     manager: M,
     config: Config,
     runtime: Option<Box<dyn Runtime>>,
+    observer: Option<Box<dyn PoolObserver>>,
 }
 
 impl<M: ConnectionManager> ConnectionPool<M> {
@@ -55,6 +57,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
             manager,
             config: Config::default(),
             runtime: None,
+            observer: None,
         }
     }
 }
@@ -142,6 +145,14 @@ impl<M: ConnectionManager> Builder<M> {
         self
     }
 
+    /// Sends the pool's events (creates, checkouts with their wait, returns with their hold
+    /// time, timeouts, destroys) to `observer`. Pass an `Arc` to keep a handle to it, as with
+    /// [`HistogramObserver`](crate::HistogramObserver). Without one, nothing is measured.
+    pub fn observer(mut self, observer: impl PoolObserver) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
     /// The executor that supplies timers, spawning and the clock.
     pub fn runtime(mut self, runtime: impl Runtime) -> Self {
         self.runtime = Some(Box::new(runtime));
@@ -171,6 +182,7 @@ impl<M: ConnectionManager> Builder<M> {
             manager,
             config,
             runtime,
+            observer,
         } = self;
         config.validate()?;
         if runtime.is_none() {
@@ -192,7 +204,7 @@ impl<M: ConnectionManager> Builder<M> {
             config.max_size,
             config.min_idle
         );
-        let shared = Arc::new(Shared::new(manager, config, runtime));
+        let shared = Arc::new(Shared::new(manager, config, runtime, observer));
         if let Some(interval) = cleanup_interval {
             crate::cleanup::start(&shared, interval);
         }
@@ -206,6 +218,7 @@ impl<M: ConnectionManager> fmt::Debug for Builder<M> {
         f.debug_struct("Builder")
             .field("config", &self.config)
             .field("runtime", &self.runtime.is_some())
+            .field("observer", &self.observer.is_some())
             .finish_non_exhaustive()
     }
 }

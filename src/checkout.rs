@@ -139,6 +139,9 @@ fn timed_out<M: ConnectionManager>(
 ) -> PoolError<M::Error> {
     let (start, _) = deadline.start(shared);
     Stats::bump(&shared.stats.timeouts);
+    if let Some(observer) = &shared.observer {
+        observer.on_timeout(phase, shared.now().saturating_duration_since(start));
+    }
     let last_error = shared.create_error_since(start);
     log::warn!(
         "{}: get_connection timed out {phase}; size {}, idle {}, waiters {}",
@@ -156,6 +159,8 @@ pub(crate) async fn checkout<M: ConnectionManager>(
     location: &'static Location<'static>,
 ) -> Result<PooledConnection<M>, PoolError<M::Error>> {
     let runtime = shared.runtime.as_deref();
+    // The observer wants the wait time of every checkout; nothing else reads the clock here.
+    let begun = shared.observer.as_ref().map(|_| shared.now());
     let mut deadline = Deadline::new(wait_timeout);
     let mut listener = None;
     let mut waiting = None;
@@ -175,7 +180,7 @@ pub(crate) async fn checkout<M: ConnectionManager>(
             }
             if !shared.needs_validation(&conn, now) {
                 log::trace!("{}: checked out an idle connection", shared.config.name);
-                return Ok(Shared::hand_out(shared, conn, location));
+                return Ok(Shared::hand_out(shared, conn, location, begun));
             }
             // Cancelled or timed out mid-check: the guard destroys the connection.
             let mut slot = Slot::holding(shared, conn, DestroyReason::ValidationAborted);
@@ -184,7 +189,7 @@ pub(crate) async fn checkout<M: ConnectionManager>(
             match run_bounded(runtime, limit, check).await {
                 Ok(Ok(())) => {
                     log::trace!("{}: checked out a validated connection", shared.config.name);
-                    return Ok(Shared::hand_out(shared, slot.into_conn(), location));
+                    return Ok(Shared::hand_out(shared, slot.into_conn(), location, begun));
                 }
                 Ok(Err(error)) => {
                     log::debug!(
@@ -226,12 +231,13 @@ pub(crate) async fn checkout<M: ConnectionManager>(
         };
         if let Some(creating) = Creating::begin(shared, max_connecting) {
             let limit = deadline.limit(shared, shared.config.connection_timeout);
+            let started = shared.now();
             let created = run_bounded(runtime, limit, shared.manager.create_connection()).await;
             let now = shared.now();
             let error = match created {
                 Ok(Ok(raw)) => {
                     let conn = creating.finish(shared.new_conn(raw, now));
-                    shared.create_succeeded();
+                    shared.create_succeeded(started, now);
                     if shared.is_closed() {
                         shared.destroy(conn, DestroyReason::Closed);
                         return Err(PoolError::Closed);
@@ -242,12 +248,12 @@ pub(crate) async fn checkout<M: ConnectionManager>(
                         shared.size(),
                         shared.waiters.load(Ordering::Relaxed),
                     );
-                    return Ok(Shared::hand_out(shared, conn, location));
+                    return Ok(Shared::hand_out(shared, conn, location, begun));
                 }
                 Ok(Err(error)) => Some(error),
                 Err(_) => None,
             };
-            return Err(match shared.create_failed(creating, error, now) {
+            return Err(match shared.create_failed(creating, error, started, now) {
                 Some(Ok(error)) => PoolError::Backend(error),
                 Some(Err(permanent)) => PoolError::Rejected(permanent),
                 None => timed_out(shared, TimeoutPhase::Creating, &mut deadline),

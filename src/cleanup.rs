@@ -95,15 +95,15 @@ impl<M: ConnectionManager> Shared<M> {
                 Ok(Ok(raw)) => {
                     created += 1;
                     let conn = creating.finish(self.new_conn(raw, now));
-                    self.create_succeeded();
+                    self.create_succeeded(start, now);
                     self.push_idle(conn);
                 }
                 Ok(Err(error)) => {
-                    self.create_failed(creating, Some(error), now);
+                    self.create_failed(creating, Some(error), start, now);
                     break;
                 }
                 Err(_) => {
-                    self.create_failed(creating, None, now);
+                    self.create_failed(creating, None, start, now);
                     break;
                 }
             }

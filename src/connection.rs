@@ -35,6 +35,8 @@ pub struct PooledConnection<M: ConnectionManager> {
     broken: bool,
     /// The leak-detection record of this checkout, when leak detection is on.
     leak: Option<Arc<Checkout>>,
+    /// When it was checked out, kept only for an observer's hold time.
+    checked_out_at: Option<Instant>,
 }
 
 impl<M: ConnectionManager> PooledConnection<M> {
@@ -42,12 +44,14 @@ impl<M: ConnectionManager> PooledConnection<M> {
         shared: Arc<Shared<M>>,
         conn: Conn<M::Connection>,
         leak: Option<Arc<Checkout>>,
+        checked_out_at: Option<Instant>,
     ) -> Self {
         Self {
             conn: Some(conn),
             shared,
             broken: false,
             leak,
+            checked_out_at,
         }
     }
 
@@ -108,6 +112,9 @@ impl<M: ConnectionManager> DerefMut for PooledConnection<M> {
 impl<M: ConnectionManager> Drop for PooledConnection<M> {
     fn drop(&mut self) {
         self.end_watch();
+        if let (Some(at), Some(observer)) = (self.checked_out_at, &self.shared.observer) {
+            observer.on_return(self.shared.now().saturating_duration_since(at));
+        }
         if let Some(conn) = self.conn.take() {
             self.shared.recycle(conn, self.broken);
         }

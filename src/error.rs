@@ -45,7 +45,7 @@ pub enum PoolError<E> {
     /// have to create a connection fail at once with it instead of waiting for a timeout; the
     /// pool tries again after a delay of at most
     /// [`CREATE_BACKOFF_MAX`](crate::CREATE_BACKOFF_MAX).
-    Rejected(crate::sync::ErrorArc<E>),
+    Rejected(crate::sync::StdArc<E>),
     /// The pool was closed by [`ConnectionPool::close`](crate::ConnectionPool::close) or by
     /// dropping every handle to it.
     Closed,

@@ -9,7 +9,7 @@
 //! connection fail at once with it until the delay has passed and a probe has been tried again.
 //! The first success clears everything.
 
-use crate::sync::{AtomicU64, AtomicUsize, ErrorArc, Mutex, Ordering};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, StdArc};
 use std::time::{Duration, Instant};
 
 /// The first retry delay after a failure; it doubles with each further failure.
@@ -27,7 +27,7 @@ pub(crate) enum Admission<E> {
     /// The last create failed; try again at this instant.
     Backoff(Instant),
     /// The last create failed with a permanent error and its delay is not over.
-    Rejected(ErrorArc<E>),
+    Rejected(StdArc<E>),
 }
 
 /// The last creation failure.
@@ -35,7 +35,7 @@ struct LastFailure<E> {
     at: Instant,
     message: String,
     /// Set when the manager classified the error as permanent.
-    permanent: Option<ErrorArc<E>>,
+    permanent: Option<StdArc<E>>,
 }
 
 /// Failure state shared by every creation path (checkout and the `min_idle` top-up).
@@ -94,7 +94,7 @@ impl<E> Governor<E> {
         &self,
         now: Instant,
         message: String,
-        permanent: Option<ErrorArc<E>>,
+        permanent: Option<StdArc<E>>,
     ) -> usize {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if let Ok(mut last) = self.last.lock() {
@@ -172,7 +172,7 @@ mod tests {
         let epoch = Instant::now();
         let governor = Governor::<std::io::Error>::new(epoch, true);
         assert!(matches!(governor.admission(epoch), Admission::Open));
-        let error = ErrorArc::new(std::io::Error::other("bad password"));
+        let error = StdArc::new(std::io::Error::other("bad password"));
         governor.failed(epoch, "bad password".into(), Some(error));
         assert!(matches!(governor.admission(epoch), Admission::Rejected(_)));
         let later = epoch + CREATE_BACKOFF_MAX * 2;

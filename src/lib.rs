@@ -90,8 +90,10 @@ mod config;
 mod connection;
 mod error;
 mod governor;
+mod histogram;
 mod leak;
 mod manager;
+mod observer;
 mod pool;
 mod runtime;
 mod status;
@@ -108,7 +110,9 @@ pub use config::{
 pub use connection::PooledConnection;
 pub use error::{ConfigError, PoolError, TimeoutPhase};
 pub use governor::{CREATE_BACKOFF_MAX, CREATE_BACKOFF_MIN};
+pub use histogram::{Histogram, HistogramObserver};
 pub use manager::ConnectionManager;
+pub use observer::{CreateFailure, PoolObserver};
 pub use pool::ConnectionPool;
 #[cfg(feature = "smol")]
 pub use runtime::SmolRuntime;

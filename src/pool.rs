@@ -61,12 +61,17 @@ use crate::{
     governor::Governor,
     leak::LeakWatch,
     manager::ConnectionManager,
+    observer::{CreateFailure, PoolObserver},
     runtime::Runtime,
     status::{DestroyReason, Stats, Status},
-    sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, ErrorArc, IdleQueue, Ordering},
+    sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, IdleQueue, Ordering, StdArc},
 };
 use event_listener::Event;
-use std::{fmt, panic::Location, time::Instant};
+use std::{
+    fmt,
+    panic::Location,
+    time::{Duration, Instant},
+};
 
 /// An async pool of connections created by a [`ConnectionManager`].
 ///
@@ -126,12 +131,19 @@ pub(crate) struct Shared<M: ConnectionManager> {
     /// Notified once per connection pushed into `idle`, per slot and per permit given back.
     pub(crate) event: Event,
     pub(crate) stats: Stats,
+    /// Receives the pool's events; `None` (one branch per event site) unless set.
+    pub(crate) observer: Option<Box<dyn PoolObserver>>,
     /// Bumped to stop the running cleanup loop; a loop runs while its number is current.
     pub(crate) cleanup_generation: AtomicU64,
 }
 
 impl<M: ConnectionManager> Shared<M> {
-    pub(crate) fn new(manager: M, config: Config, runtime: Option<Box<dyn Runtime>>) -> Self {
+    pub(crate) fn new(
+        manager: M,
+        config: Config,
+        runtime: Option<Box<dyn Runtime>>,
+        observer: Option<Box<dyn PoolObserver>>,
+    ) -> Self {
         let epoch = runtime.as_ref().map_or_else(Instant::now, |r| r.now());
         Self {
             idle: IdleQueue::new(config.max_size),
@@ -146,6 +158,7 @@ impl<M: ConnectionManager> Shared<M> {
             handles: AtomicUsize::new(1),
             event: Event::new(),
             stats: Stats::default(),
+            observer,
             cleanup_generation: AtomicU64::new(0),
         }
     }
@@ -216,6 +229,9 @@ impl<M: ConnectionManager> Shared<M> {
     pub(crate) fn destroy(&self, conn: Conn<M::Connection>, reason: DestroyReason) {
         drop(conn);
         self.stats.destroyed(reason);
+        if let Some(observer) = &self.observer {
+            observer.on_destroy(reason);
+        }
         self.release_slot();
         log::debug!(
             "{}: destroyed a connection ({}); size {}, idle {}",
@@ -317,9 +333,17 @@ impl<M: ConnectionManager> Shared<M> {
         &self,
         creating: Creating<'_, M>,
         error: Option<M::Error>,
+        started: Instant,
         now: Instant,
-    ) -> Option<Result<M::Error, ErrorArc<M::Error>>> {
+    ) -> Option<Result<M::Error, StdArc<M::Error>>> {
         Stats::bump(&self.stats.create_failures);
+        if let Some(observer) = &self.observer {
+            let failure = match &error {
+                Some(error) => CreateFailure::Error(error),
+                None => CreateFailure::TimedOut,
+            };
+            observer.on_create_failure(now.saturating_duration_since(started), failure);
+        }
         let (message, outcome) = match error {
             None => (
                 format!(
@@ -331,14 +355,14 @@ impl<M: ConnectionManager> Shared<M> {
             Some(error) => {
                 let message = error.to_string();
                 if self.manager.is_permanent_error(&error) {
-                    (message, Some(Err(ErrorArc::new(error))))
+                    (message, Some(Err(StdArc::new(error))))
                 } else {
                     (message, Some(Ok(error)))
                 }
             }
         };
         let permanent = match &outcome {
-            Some(Err(error)) => Some(ErrorArc::clone(error)),
+            Some(Err(error)) => Some(StdArc::clone(error)),
             _ => None,
         };
         let kind = if permanent.is_some() {
@@ -362,8 +386,11 @@ impl<M: ConnectionManager> Shared<M> {
 
     /// Records a successful creation; the first one after failures wakes every waiter that
     /// the governor held back.
-    pub(crate) fn create_succeeded(&self) {
+    pub(crate) fn create_succeeded(&self, started: Instant, now: Instant) {
         Stats::bump(&self.stats.created);
+        if let Some(observer) = &self.observer {
+            observer.on_create(now.saturating_duration_since(started));
+        }
         if self.governor.succeeded() {
             log::info!(
                 "{}: creating connections works again; waiters {}",
@@ -380,18 +407,26 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Wraps a checked-out connection in its guard, recording the checkout for leak
-    /// detection when that is on.
+    /// detection and the observer when they are on. `begun` is when the `get` started, read
+    /// only when there is an observer.
     // An associated function, not a method: loom's `Arc` cannot be a `self` type.
     pub(crate) fn hand_out(
         this: &Arc<Self>,
         conn: Conn<M::Connection>,
         location: &'static Location<'static>,
+        begun: Option<Instant>,
     ) -> PooledConnection<M> {
-        let leak = this
-            .leaks
-            .as_ref()
-            .map(|watch| watch.track(this.now(), location));
-        PooledConnection::new(Arc::clone(this), conn, leak)
+        if this.leaks.is_none() && this.observer.is_none() {
+            return PooledConnection::new(Arc::clone(this), conn, None, None);
+        }
+        let now = this.now();
+        let leak = this.leaks.as_ref().map(|watch| watch.track(now, location));
+        let checked_out_at = this.observer.as_ref().map(|observer| {
+            observer
+                .on_checkout(begun.map_or(Duration::ZERO, |b| now.saturating_duration_since(b)));
+            now
+        });
+        PooledConnection::new(Arc::clone(this), conn, leak, checked_out_at)
     }
 
     pub(crate) fn status(&self) -> Status {
@@ -542,7 +577,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
                 Some(reason) => shared.destroy(conn, reason),
                 None => {
                     log::trace!("{}: try_get checked out a connection", shared.config.name);
-                    return Some(Shared::hand_out(shared, conn, location));
+                    return Some(Shared::hand_out(shared, conn, location, None));
                 }
             }
         }

@@ -23,7 +23,19 @@ pub enum DestroyReason {
 }
 
 impl DestroyReason {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// Every reason, in declaration order.
+    pub const ALL: [DestroyReason; 7] = [
+        DestroyReason::Broken,
+        DestroyReason::ValidationFailed,
+        DestroyReason::ValidationAborted,
+        DestroyReason::IdleTimeout,
+        DestroyReason::MaxLifetime,
+        DestroyReason::Closed,
+        DestroyReason::Panicked,
+    ];
+
+    /// A short description, as used in log messages.
+    pub fn as_str(self) -> &'static str {
         match self {
             DestroyReason::Broken => "broken",
             DestroyReason::ValidationFailed => "validation failed",

@@ -19,11 +19,10 @@ pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
-/// The `Arc` that carries a permanent creation error to the callers that fail fast with it.
-///
-/// Always std's, under loom too: it is part of the public error type, and it only shares an
-/// immutable value, so there is no interleaving in it for loom to explore.
-pub(crate) use std::sync::Arc as ErrorArc;
+/// std's `Arc`, under loom too, for values the public API shares: the permanent creation
+/// error callers fail fast with, and observers. They are immutable or synchronise themselves,
+/// so there is no interleaving in the `Arc` for loom to explore.
+pub(crate) use std::sync::Arc as StdArc;
 
 /// An unbounded lock-free queue of checkout records for leak detection (crossbeam's
 /// `SegQueue`). Leak detection needs a runtime, which loom models never have, so the loom
