@@ -55,6 +55,12 @@ impl Capacity {
             .is_ok()
     }
 
+    /// Whether a creation could begin now: a slot and a permit are free.
+    pub(crate) fn can_create(&self, max_connecting: usize) -> bool {
+        let word = self.word.load(Ordering::Acquire);
+        ((word & SLOT_MASK) as usize) < self.max_size && ((word >> 32) as usize) < max_connecting
+    }
+
     /// A creation finished with a connection: its permit is free, its slot goes with the
     /// connection.
     pub(crate) fn finish_create(&self) {

@@ -2,6 +2,7 @@
 //! or wait to be woken, all under one deadline. See the "Implementation details" in `pool.rs`.
 
 use crate::{
+    connection::Conn,
     connection::PooledConnection,
     error::{PoolError, TimeoutPhase},
     governor::Admission,
@@ -9,8 +10,10 @@ use crate::{
     pool::{ConnectionPool, Creating, Shared, Slot},
     runtime::run_bounded,
     status::{DestroyReason, Stats},
-    sync::{Arc, Ordering},
+    sync::Arc,
+    waitlist::{Resolution, WaitSlot},
 };
+use event_listener::EventListener;
 use std::{
     future::Future,
     panic::Location,
@@ -121,14 +124,58 @@ impl Deadline {
     }
 }
 
-/// Counts the call among the pool's waiters while it listens.
-struct Waiting<'a> {
-    waiters: &'a crate::sync::AtomicUsize,
+/// This call's place in the wait list, while it has one.
+///
+/// Dropping it (cancellation) gives the place up; a connection handed to it meanwhile goes to
+/// the next waiter, and a wake-up it received is passed on.
+struct Queued<'a, M: ConnectionManager> {
+    shared: &'a Shared<M>,
+    slot: Arc<WaitSlot<Conn<M::Connection>>>,
+    /// `None` after it fired, until the next wait creates another.
+    listener: Option<EventListener>,
+    /// `false` once the slot's outcome has been dealt with.
+    armed: bool,
 }
 
-impl Drop for Waiting<'_> {
+impl<'a, M: ConnectionManager> Queued<'a, M> {
+    fn register(shared: &'a Shared<M>) -> Self {
+        let (slot, listener) = shared.waitlist.register();
+        Self {
+            shared,
+            slot,
+            listener: Some(listener),
+            armed: true,
+        }
+    }
+
+    /// Takes the slot's outcome if it has one, leaving the guard disarmed.
+    fn resolved(&mut self) -> Option<Resolution<Conn<M::Connection>>> {
+        match self.slot.resolution() {
+            Resolution::Waiting => None,
+            outcome => {
+                self.armed = false;
+                Some(outcome)
+            }
+        }
+    }
+
+    /// Gives the place up; returns a connection handed over meanwhile, or the wake-up.
+    fn abandon(mut self) -> Resolution<Conn<M::Connection>> {
+        self.armed = false;
+        self.shared.waitlist.abandon(&self.slot)
+    }
+}
+
+impl<M: ConnectionManager> Drop for Queued<'_, M> {
     fn drop(&mut self) {
-        self.waiters.fetch_sub(1, Ordering::AcqRel);
+        if !self.armed {
+            return;
+        }
+        match self.shared.waitlist.abandon(&self.slot) {
+            Resolution::Served(conn) => self.shared.give(conn),
+            Resolution::Woken => self.shared.wake_creator(),
+            Resolution::Waiting | Resolution::Abandoned => {}
+        }
     }
 }
 
@@ -148,7 +195,7 @@ fn timed_out<M: ConnectionManager>(
         shared.config.name,
         shared.size(),
         shared.idle.len(),
-        shared.waiters.load(Ordering::Relaxed),
+        shared.waitlist.waiting(),
     );
     PoolError::Timeout { phase, last_error }
 }
@@ -162,17 +209,44 @@ pub(crate) async fn checkout<M: ConnectionManager>(
     // The observer wants the wait time of every checkout; nothing else reads the clock here.
     let begun = shared.observer.as_ref().map(|_| shared.now());
     let mut deadline = Deadline::new(wait_timeout);
-    let mut listener = None;
-    let mut waiting = None;
+    // This call's place in line while it waits, and whether it was counted as waiting.
+    let mut queued: Option<Queued<'_, M>> = None;
+    let mut counted = false;
+    // A connection in hand that still needs the expiry and validation checks.
+    let mut pending: Option<Conn<M::Connection>> = None;
     loop {
         // When the governor holds creation back until an instant, wake then to try again.
         let mut retry_at = None;
-        if shared.is_closed() {
-            return Err(PoolError::Closed);
+        let mut candidate = pending.take();
+
+        // 0. In line: was a connection handed over, or was this call woken to re-check?
+        if candidate.is_none() {
+            if let Some(outcome) = queued.as_mut().and_then(Queued::resolved) {
+                queued = None;
+                if let Resolution::Served(conn) = outcome {
+                    candidate = Some(conn);
+                }
+            }
+        }
+        if candidate.is_none() {
+            if shared.is_closed() {
+                return Err(PoolError::Closed);
+            }
+            match &queued {
+                // 1. An idle connection, unless others wait: they are served first.
+                None if shared.waitlist.waiting() == 0 => candidate = shared.idle.pop(),
+                None => {}
+                // In line: an idle connection goes to the oldest waiter, maybe this call.
+                Some(_) => {
+                    if let Some(conn) = shared.idle.pop() {
+                        shared.give(conn);
+                        continue;
+                    }
+                }
+            }
         }
 
-        // 1. An idle connection.
-        if let Some(conn) = shared.idle.pop() {
+        if let Some(conn) = candidate {
             let now = shared.now();
             if let Some(reason) = shared.expiry(&conn, now) {
                 shared.destroy(conn, reason);
@@ -230,6 +304,14 @@ pub(crate) async fn checkout<M: ConnectionManager>(
             }
         };
         if let Some(creating) = Creating::begin(shared, max_connecting) {
+            // Leave the line before creating; a connection handed over meanwhile wins.
+            if let Some(place) = queued.take() {
+                if let Resolution::Served(conn) = place.abandon() {
+                    drop(creating);
+                    pending = Some(conn);
+                    continue;
+                }
+            }
             let limit = deadline.limit(shared, shared.config.connection_timeout);
             let started = shared.now();
             let created = run_bounded(runtime, limit, shared.manager.create_connection()).await;
@@ -246,7 +328,7 @@ pub(crate) async fn checkout<M: ConnectionManager>(
                         "{}: created a connection; size {}, waiters {}",
                         shared.config.name,
                         shared.size(),
-                        shared.waiters.load(Ordering::Relaxed),
+                        shared.waitlist.waiting(),
                     );
                     return Ok(Shared::hand_out(shared, conn, location, begun));
                 }
@@ -260,32 +342,38 @@ pub(crate) async fn checkout<M: ConnectionManager>(
             });
         }
 
-        // 3. Nothing free: listen, re-check (loop again), and only then wait.
-        match listener.take() {
-            None => {
-                listener = Some(shared.event.listen());
-                if waiting.is_none() {
-                    shared.waiters.fetch_add(1, Ordering::AcqRel);
-                    Stats::bump(&shared.stats.waited);
-                    waiting = Some(Waiting {
-                        waiters: &shared.waiters,
-                    });
-                }
+        // 3. Nothing free: take a place in line, re-check (loop again), only then wait.
+        let Some(place) = queued.as_mut() else {
+            queued = Some(Queued::register(shared));
+            if !counted {
+                counted = true;
+                Stats::bump(&shared.stats.waited);
             }
-            Some(listener) => {
-                let limit = deadline.limit(shared, None);
-                let wake = match (limit, retry_at) {
-                    (Some(limit), Some(retry)) => Some(limit.min(retry)),
-                    (limit, retry) => limit.or(retry),
-                };
-                if run_bounded(runtime, wake, listener).await.is_err() {
-                    // Either the call's deadline passed, or the governor's delay ended and
-                    // this call may try to create again.
-                    if limit.is_some_and(|limit| shared.now() >= limit) {
-                        return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
-                    }
-                }
-            }
+            continue;
+        };
+        let Some(listener) = place.listener.take() else {
+            // The last wake-up was spurious: listen again, then re-check before waiting.
+            place.listener = Some(place.slot.listen());
+            continue;
+        };
+        let limit = deadline.limit(shared, None);
+        let wake = match (limit, retry_at) {
+            (Some(limit), Some(retry)) => Some(limit.min(retry)),
+            (limit, retry) => limit.or(retry),
+        };
+        if run_bounded(runtime, wake, listener).await.is_ok() {
+            continue;
+        }
+        // The call's deadline passed, or the governor's delay ended and this call may try to
+        // create again. Either way it leaves the line, keeping a connection handed over.
+        let expired = limit.is_some_and(|limit| shared.now() >= limit);
+        match queued.take().map(Queued::abandon) {
+            Some(Resolution::Served(conn)) => pending = Some(conn),
+            Some(Resolution::Woken) if expired => shared.wake_creator(),
+            _ => {}
+        }
+        if expired && pending.is_none() {
+            return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
         }
     }
 }

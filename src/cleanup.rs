@@ -45,7 +45,7 @@ impl<M: ConnectionManager> Shared<M> {
                     self.destroy(conn, reason);
                 }
                 // Back to the queue, waking a waiter that may have missed it while it was out.
-                None => self.push_idle(conn),
+                None => self.give(conn),
             }
         }
         if report.idle_expired + report.lifetime_expired > 0 {
@@ -96,7 +96,7 @@ impl<M: ConnectionManager> Shared<M> {
                     created += 1;
                     let conn = creating.finish(self.new_conn(raw, now));
                     self.create_succeeded(start, now);
-                    self.push_idle(conn);
+                    self.give(conn);
                 }
                 Ok(Err(error)) => {
                     self.create_failed(creating, Some(error), start, now);

@@ -98,6 +98,7 @@ mod pool;
 mod runtime;
 mod status;
 mod sync;
+mod waitlist;
 
 pub use builder::Builder;
 pub use cleanup::CleanupReport;

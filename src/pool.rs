@@ -14,38 +14,51 @@
 //!   connection value has been dropped (or detached). Every connection that exists owns a
 //!   slot, so at most `max_size` connections ever exist and a push into the idle queue can
 //!   never find it full.
-//! * `event`: an `event-listener` event, notified once for every connection pushed into the
-//!   idle queue, for every slot given back and for every permit given back; notified for
-//!   everyone when a creation fails or the first success ends a run of failures, so that
-//!   waiters held back by the governor recompute what they may do.
+//! * `waitlist`: the `get_connection` calls waiting in line, oldest first, each parked on its
+//!   own `event-listener` event (see `waitlist.rs`), and the count of those still waiting.
 //! * `governor`: failures in a row, the next instant a creation may start while failing, and
 //!   the last creation error (see `governor.rs`).
 //! * `closed`: set once by `close()`; never cleared.
 //!
-//! ## Wake-up protocol
+//! ## Checkout and hand-off
 //!
-//! A getter tries, in order: pop an idle connection; reserve a slot and create one. When both
-//! fail it creates a listener, then *re-checks* both (and `closed`) before awaiting the
-//! listener. A return or release that lands between the failed try and the listener's
-//! registration is seen by the re-check; one that lands after the registration notifies the
-//! listener. `notify` issues a full fence before it reads the listener count, which pairs with
-//! the fence inside listener registration.
+//! A getter tries, in order: pop an idle connection (only when nobody waits: waiters are
+//! served first); take a slot and a permit and create one. When both fail it takes a place at
+//! the back of the wait list, re-checks, and only then waits on its place.
 //!
-//! Producers call `notify_additional(1)`: every returned connection or freed slot wakes one
-//! waiter that has not been woken yet, so two returns before the first woken waiter runs wake
-//! two waiters (a plain `notify(1)` would wake one; smol-rs/async-lock#18). A woken waiter that
-//! loses its connection to a task that never waited simply listens again: whatever it was woken
-//! for was consumed by someone. A listener dropped after being notified but before it completed
-//! (a cancelled or timed-out `get`) passes the notification on to the next listener; that is
-//! event-listener's behaviour on drop. Once a woken waiter has completed its listener it acts
-//! without awaiting, so it cannot be cancelled while holding a wake-up.
+//! A connection that becomes available (a return, the cleanup pass keeping one, the
+//! `min_idle` top-up) goes through [`Shared::give`]: it is handed straight to the oldest
+//! waiter, which wakes up owning it; only when nobody waits does it enter the idle queue. So a
+//! task that returns a connection and asks again at once queues behind the waiters instead of
+//! taking it back (bb8#243), and a woken waiter never finds its connection gone.
+//!
+//! A freed slot or permit wakes the oldest waiter only if a creation could begin now (a slot
+//! *and* a permit free; both live in one atomic word, so whoever frees the second sees both).
+//! A creation failure and the first success after failures wake every waiter, so that each
+//! recomputes what the connect governor allows.
+//!
+//! ## Lost wake-ups
+//!
+//! Two races could strand a waiter next to an idle connection, and both are closed by "write,
+//! full fence, read" on each side, so that at least one side sees the other:
+//!
+//! * A getter publishes its place, then looks at the idle queue; `give` pushes into the idle
+//!   queue, then looks at the wait list. If the getter finds a connection it passes it through
+//!   `give`, which serves the oldest waiter (perhaps the getter itself). If `give` finds a
+//!   waiter it takes a connection back out of the idle queue and hands it over. A getter that
+//!   has counted itself but not yet published its place is left to find the connection itself.
+//! * A getter publishes its place, then tries to create; a slot or permit release frees
+//!   capacity, then wakes the oldest waiter. The compare-and-swap on the capacity word and the
+//!   wait list's own synchronisation order the two.
+//!
+//! A waiter that gives up (timeout, cancellation) after being handed a connection gives the
+//! connection on to the next waiter; one that gives up after being woken wakes the next.
 //!
 //! ## Closing
 //!
-//! `close()` sets `closed`, wakes every listener, then drains the idle queue. A concurrent
-//! return pushes its connection, notifies and then re-reads `closed`, draining the queue itself
-//! if it is set. Both sides write first and read second with a full fence between (the one in
-//! `notify`), so at least one of them sees the other: no connection stays idle in a closed pool.
+//! `close()` sets `closed`, fences, wakes every waiter, then drains the idle queue. A
+//! concurrent `give` pushes its connection, fences and then re-reads `closed`, draining the
+//! queue itself if it is set, so no connection stays idle in a closed pool.
 //!
 //! ## Slots and cancellation
 //!
@@ -64,9 +77,9 @@ use crate::{
     observer::{CreateFailure, PoolObserver},
     runtime::Runtime,
     status::{DestroyReason, Stats, Status},
-    sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, IdleQueue, Ordering, StdArc},
+    sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, IdleQueue, Ordering, StdArc, fence},
+    waitlist::WaitList,
 };
-use event_listener::Event;
 use std::{
     fmt,
     panic::Location,
@@ -122,14 +135,12 @@ pub(crate) struct Shared<M: ConnectionManager> {
     pub(crate) governor: Governor<M::Error>,
     /// Checkout records for leak detection; `None` (and free) unless a threshold is set.
     pub(crate) leaks: Option<LeakWatch>,
-    /// `get_connection` calls currently listening on `event`.
-    pub(crate) waiters: AtomicUsize,
     /// Set once by `close`.
     pub(crate) closed: AtomicBool,
     /// Live `ConnectionPool` handles; the last one to drop closes the pool.
     pub(crate) handles: AtomicUsize,
-    /// Notified once per connection pushed into `idle`, per slot and per permit given back.
-    pub(crate) event: Event,
+    /// `get_connection` calls waiting in line, served oldest first by hand-off.
+    pub(crate) waitlist: WaitList<Conn<M::Connection>>,
     pub(crate) stats: Stats,
     /// Receives the pool's events; `None` (one branch per event site) unless set.
     pub(crate) observer: Option<Box<dyn PoolObserver>>,
@@ -153,10 +164,9 @@ impl<M: ConnectionManager> Shared<M> {
             manager,
             config,
             runtime,
-            waiters: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
-            event: Event::new(),
+            waitlist: WaitList::new(),
             stats: Stats::default(),
             observer,
             cleanup_generation: AtomicU64::new(0),
@@ -222,7 +232,17 @@ impl<M: ConnectionManager> Shared<M> {
     /// Gives a slot back and wakes one waiter, who may now create a connection.
     pub(crate) fn release_slot(&self) {
         self.capacity.release_slot();
-        self.event.notify_additional(1);
+        self.wake_creator();
+    }
+
+    /// Wakes the oldest waiter if it could create a connection now: a slot and a permit are
+    /// free. Whoever frees the second of the two sees both free (they share one atomic word),
+    /// so the wake-up is not lost; without the check, a waiter woken for nothing would lose its
+    /// place in line.
+    pub(crate) fn wake_creator(&self) {
+        if self.capacity.can_create(self.config.max_connecting) {
+            self.waitlist.wake_one();
+        }
     }
 
     /// Drops a connection, then gives its slot back.
@@ -242,19 +262,39 @@ impl<M: ConnectionManager> Shared<M> {
         );
     }
 
-    /// Puts a connection (which owns a slot) into the idle queue and wakes one waiter.
-    pub(crate) fn push_idle(&self, conn: Conn<M::Connection>) {
-        if let Err(conn) = self.idle.push(conn) {
-            // Unreachable: every queued connection owns one of `max_size` slots.
-            debug_assert!(false, "idle queue overflow: slot accounting is broken");
-            self.destroy(conn, DestroyReason::Closed);
-            return;
-        }
-        // One wake-up per connection (see "Wake-up protocol"). The full fence inside `notify`
-        // also orders the push before the `closed` check below (see "Closing").
-        self.event.notify_additional(1);
-        if self.closed.load(Ordering::SeqCst) {
-            self.drain_idle();
+    /// Makes a connection (which owns a slot) available: to the oldest waiter if anyone
+    /// waits, else into the idle queue. Synchronous and bounded: each retry consumes an entry
+    /// of the wait list.
+    pub(crate) fn give(&self, conn: Conn<M::Connection>) {
+        let mut conn = match self.waitlist.offer(conn) {
+            Ok(()) => return,
+            Err(conn) => conn,
+        };
+        loop {
+            if let Err(conn) = self.idle.push(conn) {
+                // Unreachable: every queued connection owns one of `max_size` slots.
+                debug_assert!(false, "idle queue overflow: slot accounting is broken");
+                self.destroy(conn, DestroyReason::Closed);
+                return;
+            }
+            // Pairs with the fence a new waiter issues between publishing its place and looking
+            // at the idle queue, and with the one in `close` (see "Wake-up protocol").
+            fence(Ordering::SeqCst);
+            if self.closed.load(Ordering::SeqCst) {
+                self.drain_idle();
+                return;
+            }
+            // A waiter that published its place after `offer` looked may have checked the
+            // idle queue before the push: hand it a connection now. One still publishing
+            // (counted, not yet queued) will find the connection itself.
+            if self.waitlist.waiting() == 0 || self.waitlist.is_empty() {
+                return;
+            }
+            let Some(idle) = self.idle.pop() else { return };
+            match self.waitlist.offer(idle) {
+                Ok(()) => return,
+                Err(back) => conn = back,
+            }
         }
     }
 
@@ -286,7 +326,7 @@ impl<M: ConnectionManager> Shared<M> {
         }
         let mut conn = slot.into_conn();
         conn.idle_since = now;
-        self.push_idle(conn);
+        self.give(conn);
         log::trace!(
             "{}: connection returned; idle {}",
             self.config.name,
@@ -318,11 +358,12 @@ impl<M: ConnectionManager> Shared<M> {
             self.config.name,
             self.size(),
             self.idle.len(),
-            self.waiters.load(Ordering::Relaxed),
+            self.waitlist.waiting(),
         );
-        // Wake every waiter: each re-checks `closed` and fails with `Closed`. The full fence
-        // inside `notify` orders the store above before the drain below (see "Closing").
-        self.event.notify(usize::MAX);
+        // Wake every waiter: each re-checks `closed` and fails with `Closed`. The fence orders
+        // the store above before the drain below (see "Closing").
+        fence(Ordering::SeqCst);
+        self.waitlist.wake_all();
         self.drain_idle();
     }
 
@@ -373,13 +414,13 @@ impl<M: ConnectionManager> Shared<M> {
         // Schedule the backoff before the slot is free, so that nobody dials in between.
         let failures = self.governor.failed(now, message.clone(), permanent);
         creating.abort();
-        self.event.notify(usize::MAX);
+        self.waitlist.wake_all();
         log::warn!(
             "{}: could not create a connection ({kind}, {failures} in a row): {message}; size {}, \
              waiters {}",
             self.config.name,
             self.size(),
-            self.waiters.load(Ordering::Relaxed),
+            self.waitlist.waiting(),
         );
         outcome
     }
@@ -395,9 +436,9 @@ impl<M: ConnectionManager> Shared<M> {
             log::info!(
                 "{}: creating connections works again; waiters {}",
                 self.config.name,
-                self.waiters.load(Ordering::Relaxed),
+                self.waitlist.waiting(),
             );
-            self.event.notify(usize::MAX);
+            self.waitlist.wake_all();
         }
     }
 
@@ -438,7 +479,7 @@ impl<M: ConnectionManager> Shared<M> {
             idle,
             in_use: size.saturating_sub(idle),
             connecting: self.capacity.connecting(),
-            waiters: self.waiters.load(Ordering::Acquire),
+            waiters: self.waitlist.waiting(),
             counters: self.stats.snapshot(),
         }
     }
@@ -531,7 +572,7 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
     pub(crate) fn finish(mut self, conn: Conn<M::Connection>) -> Conn<M::Connection> {
         self.armed = false;
         self.shared.capacity.finish_create();
-        self.shared.event.notify_additional(1);
+        self.shared.wake_creator();
         conn
     }
 
@@ -546,7 +587,7 @@ impl<M: ConnectionManager> Drop for Creating<'_, M> {
     fn drop(&mut self) {
         if self.armed {
             self.shared.capacity.abort_create();
-            self.shared.event.notify_additional(1);
+            self.shared.wake_creator();
         }
     }
 }
@@ -567,7 +608,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     pub fn try_get_connection(&self) -> Option<PooledConnection<M>> {
         let location = Location::caller();
         let shared = &self.shared;
-        if shared.is_closed() || shared.waiters.load(Ordering::Acquire) > 0 {
+        if shared.is_closed() || shared.waitlist.waiting() > 0 {
             return None;
         }
         loop {

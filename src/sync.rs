@@ -10,13 +10,13 @@
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
     Arc, Mutex, Weak,
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
 };
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
     Arc, Mutex,
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
 };
 
 /// std's `Arc`, under loom too, for values the public API shares: the permanent creation
@@ -28,6 +28,67 @@ pub(crate) use std::sync::Arc as StdArc;
 /// `SegQueue`). Leak detection needs a runtime, which loom models never have, so the loom
 /// build keeps the same type: no model ever pushes to it.
 pub(crate) use crossbeam_queue::SegQueue as LeakQueue;
+
+/// An unbounded FIFO of waiting `get_connection` calls: crossbeam's lock-free `SegQueue`,
+/// and under loom a `loom::sync::Mutex<VecDeque<T>>` so that models see its interleavings.
+#[cfg(not(loom))]
+pub(crate) struct WaitQueue<T> {
+    queue: crossbeam_queue::SegQueue<T>,
+}
+
+#[cfg(not(loom))]
+impl<T> WaitQueue<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            queue: crossbeam_queue::SegQueue::new(),
+        }
+    }
+
+    /// Appends `value` at the back.
+    pub(crate) fn push(&self, value: T) {
+        self.queue.push(value);
+    }
+
+    /// Removes the value at the front.
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.queue.pop()
+    }
+
+    /// Whether the queue holds nothing; a snapshot.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// Loom stand-in for the wait queue.
+#[cfg(loom)]
+pub(crate) struct WaitQueue<T> {
+    queue: Mutex<std::collections::VecDeque<T>>,
+}
+
+#[cfg(loom)]
+impl<T> WaitQueue<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            queue: Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Appends `value` at the back.
+    pub(crate) fn push(&self, value: T) {
+        self.queue.lock().unwrap().push_back(value);
+    }
+
+    /// Removes the value at the front.
+    pub(crate) fn pop(&self) -> Option<T> {
+        self.queue.lock().unwrap().pop_front()
+    }
+
+    /// Whether the queue holds nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.lock().unwrap().is_empty()
+    }
+}
 
 /// A bounded multi-producer multi-consumer queue of idle connections.
 ///

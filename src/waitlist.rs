@@ -1,0 +1,193 @@
+//! The queue of `get_connection` calls waiting for a connection, served first come, first
+//! served by direct hand-off (HikariCP's trick; no other Rust pool does it).
+//!
+//! A waiter publishes a [`WaitSlot`] at the back of a FIFO and parks on the slot's own
+//! `event-listener` event. A returned connection is not put into the idle queue while anyone
+//! waits: it is placed into the oldest waiting slot, which is marked `SERVED` and woken. So a
+//! task that returns a connection and asks again at once cannot take it back ahead of the
+//! waiters (the barging that gives bb8 its multi-second tail, bb8#243), and a woken waiter never
+//! finds its connection gone and has to queue again at the back.
+//!
+//! Each slot moves out of `WAITING` exactly once, by compare-and-swap, to one of:
+//!
+//! * `SERVED`: a connection was placed in the slot (before the swap) and is the waiter's;
+//! * `WOKEN`: a slot or connect permit came free, or the pool closed, or the connect governor
+//!   changed its mind: the waiter re-checks everything and may queue again;
+//! * `ABANDONED`: the waiter gave up (timeout, cancellation, or it found what it needed on
+//!   its own); whoever pops the slot later skips it.
+//!
+//! Whoever moves a slot out of `WAITING` decrements `waiting`, so it counts waiting slots
+//! exactly. A waiter that is cancelled after being served hands the connection on; one that is
+//! cancelled after being woken wakes the next waiter, so no hand-off or wake-up is lost.
+
+use crate::sync::{Arc, AtomicUsize, IdleQueue, Ordering, WaitQueue, fence};
+use event_listener::{Event, EventListener};
+
+const WAITING: usize = 0;
+const SERVED: usize = 1;
+const WOKEN: usize = 2;
+const ABANDONED: usize = 3;
+
+/// One waiting `get_connection` call.
+pub(crate) struct WaitSlot<C> {
+    /// `WAITING`, then one of `SERVED`, `WOKEN`, `ABANDONED`, for good.
+    state: AtomicUsize,
+    /// The handed-off connection: filled just before `state` becomes `SERVED`.
+    conn: IdleQueue<C>,
+    /// Notified once when `state` leaves `WAITING` by hand-off or wake-up.
+    event: Event,
+}
+
+/// How a waiter's slot ended, as seen by the waiter.
+pub(crate) enum Resolution<C> {
+    /// Still waiting.
+    Waiting,
+    /// A connection was handed to it.
+    Served(C),
+    /// It was woken to re-check.
+    Woken,
+    /// The waiter itself gave up first.
+    Abandoned,
+}
+
+impl<C> WaitSlot<C> {
+    fn new() -> Self {
+        Self {
+            state: AtomicUsize::new(WAITING),
+            conn: IdleQueue::new(1),
+            event: Event::new(),
+        }
+    }
+
+    /// Parks on the slot; create it before re-checking the state, so no wake-up is missed.
+    pub(crate) fn listen(&self) -> EventListener {
+        self.event.listen()
+    }
+
+    /// What happened to the slot, without changing it.
+    pub(crate) fn resolution(&self) -> Resolution<C> {
+        match self.state.load(Ordering::Acquire) {
+            WAITING => Resolution::Waiting,
+            SERVED => Resolution::Served(self.take_served()),
+            WOKEN => Resolution::Woken,
+            _ => Resolution::Abandoned,
+        }
+    }
+
+    fn take_served(&self) -> C {
+        self.conn
+            .pop()
+            .expect("a served slot holds its connection until the waiter takes it")
+    }
+}
+
+/// The waiting `get_connection` calls, oldest first.
+pub(crate) struct WaitList<C> {
+    /// Published slots, oldest first; may still hold slots that left `WAITING`.
+    queue: WaitQueue<Arc<WaitSlot<C>>>,
+    /// Slots in state `WAITING`.
+    waiting: AtomicUsize,
+}
+
+impl<C> WaitList<C> {
+    pub(crate) fn new() -> Self {
+        Self {
+            queue: WaitQueue::new(),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Calls waiting now; a snapshot.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Publishes a new slot at the back, already listened to.
+    pub(crate) fn register(&self) -> (Arc<WaitSlot<C>>, EventListener) {
+        let slot = Arc::new(WaitSlot::new());
+        let listener = slot.listen();
+        // Count first, publish second: a producer that sees the count but not yet the slot
+        // leaves its connection idle, and this waiter's re-check after publishing finds it.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.queue.push(Arc::clone(&slot));
+        // Publish before the caller re-checks the idle queue; pairs with the fence in
+        // `Shared::give` between its push and its look at the wait list.
+        fence(Ordering::SeqCst);
+        (slot, listener)
+    }
+
+    /// Gives up `slot` on the waiter's side. Returns what the waiter must now deal with: a
+    /// connection handed to it, a wake-up to pass on, or nothing.
+    pub(crate) fn abandon(&self, slot: &WaitSlot<C>) -> Resolution<C> {
+        match slot
+            .state
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                Resolution::Abandoned
+            }
+            Err(SERVED) => Resolution::Served(slot.take_served()),
+            Err(WOKEN) => Resolution::Woken,
+            Err(_) => Resolution::Abandoned,
+        }
+    }
+
+    /// Hands `conn` to the oldest waiting call, or gives it back when nobody waits.
+    pub(crate) fn offer(&self, mut conn: C) -> Result<(), C> {
+        while let Some(slot) = self.queue.pop() {
+            // The connection goes in before the swap, so a served waiter always finds it; if
+            // the swap fails the waiter never touches it and it is taken back.
+            if let Err(back) = slot.conn.push(conn) {
+                conn = back;
+                continue;
+            }
+            match slot
+                .state
+                .compare_exchange(WAITING, SERVED, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    slot.event.notify(1);
+                    return Ok(());
+                }
+                Err(_) => conn = slot.take_served(),
+            }
+        }
+        Err(conn)
+    }
+
+    /// Wakes the oldest waiting call to re-check; returns whether there was one.
+    pub(crate) fn wake_one(&self) -> bool {
+        while let Some(slot) = self.queue.pop() {
+            if self.wake(&slot) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Wakes every waiting call to re-check.
+    pub(crate) fn wake_all(&self) {
+        while let Some(slot) = self.queue.pop() {
+            self.wake(&slot);
+        }
+    }
+
+    fn wake(&self, slot: &WaitSlot<C>) -> bool {
+        let woken = slot
+            .state
+            .compare_exchange(WAITING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if woken {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            slot.event.notify(1);
+        }
+        woken
+    }
+
+    /// Whether no slot is published (a waiter may be between counting and publishing).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
