@@ -4,14 +4,15 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
 /// Counters shared by a manager and every connection it made.
 ///
 /// `live` is created minus dropped: each connection carries a [`LiveToken`] that takes one off
-/// when the connection is dropped, whoever drops it (the pool, a test, a panic).
+/// when the connection is dropped, whoever drops it (the pool, a test, a panic). The token also
+/// numbers the connection, so that a test can tell connections apart.
 #[derive(Debug, Default)]
 pub struct Counts {
     /// Connections that exist now.
@@ -32,6 +33,8 @@ pub struct Counts {
     validation_failures: AtomicUsize,
     /// Calls to `has_broken` that answered `true`.
     broken_on_return: AtomicUsize,
+    /// The id of the next connection made.
+    next_id: AtomicU64,
 }
 
 impl Counts {
@@ -95,7 +98,8 @@ impl Counts {
             Ok(conn) => {
                 let live = self.live.fetch_add(1, Ordering::SeqCst) + 1;
                 self.peak.fetch_max(live, Ordering::SeqCst);
-                Ok((conn, LiveToken(Arc::clone(self))))
+                let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+                Ok((conn, LiveToken(Arc::clone(self), id)))
             }
             Err(e) => {
                 self.create_errors.fetch_add(1, Ordering::SeqCst);
@@ -124,7 +128,14 @@ impl Counts {
 
 /// Held by each live connection; dropping it counts the connection as gone.
 #[derive(Debug)]
-pub struct LiveToken(Arc<Counts>);
+pub struct LiveToken(Arc<Counts>, u64);
+
+impl LiveToken {
+    /// The connection's number, unique among the connections of one [`Counts`] (0, 1, ...).
+    pub fn id(&self) -> u64 {
+        self.1
+    }
+}
 
 impl Drop for LiveToken {
     fn drop(&mut self) {

@@ -20,6 +20,7 @@
 //! * [`postgres`]: [`PostgresServer`] and [`PostgresManager`].
 //! * [`counts`]: the managers' own count of live connections (created minus dropped),
 //!   independent of the pool's numbers.
+//! * [`load`]: load tasks, recovery figures and invariant checks for the fault tests.
 //!
 //! Starting, stopping and restarting a server blocks the calling thread (it waits for the
 //! process), so from async code call them through `spawn_blocking` when other tasks must keep
@@ -27,13 +28,15 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod counts;
+pub mod load;
 pub mod postgres;
+pub mod proxy;
 pub mod redis;
 pub mod servers;
 
 pub use counts::{Counts, LiveToken};
 pub use postgres::{PostgresConn, PostgresManager, PostgresServer};
-pub use redis::{RedisConn, RedisManager, RedisServer};
+pub use redis::{RedisConn, RedisManager, RedisServer, is_auth_error};
 pub use servers::{StartError, ci, require};
 
 use std::{future::Future, time::Duration};

@@ -476,6 +476,11 @@ impl fmt::Debug for PostgresConn {
 }
 
 impl PostgresConn {
+    /// The connection's number, unique among the connections of its manager.
+    pub fn id(&self) -> u64 {
+        self._live.id()
+    }
+
     /// Whether the session is known to be over: a query failed fatally, or the client closed.
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Relaxed) || self.client.is_closed()

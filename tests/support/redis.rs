@@ -343,10 +343,17 @@ fn answers_ping(addr: SocketAddr) -> bool {
 /// nonce and checks that the server echoes it; `has_broken` reports a connection on which a
 /// command failed with an I/O error (see [`RedisConn`]). Its [`Counts`] are kept independently
 /// of the pool.
+///
+/// With [`auth_errors_permanent`](Self::auth_errors_permanent), `is_permanent_error` classifies
+/// authentication errors ([`is_auth_error`]) as permanent, so that the pool fails calls fast
+/// with [`PoolError::Rejected`](connection_pool::PoolError::Rejected) while the password is
+/// wrong; without it every error is transient.
 pub struct RedisManager {
     client: Client,
     config: AsyncConnectionConfig,
     counts: Arc<Counts>,
+    /// Whether `is_permanent_error` says yes to an authentication error.
+    auth_errors_permanent: bool,
 }
 
 impl fmt::Debug for RedisManager {
@@ -354,6 +361,7 @@ impl fmt::Debug for RedisManager {
         f.debug_struct("RedisManager")
             .field("server", self.client.get_connection_info().addr())
             .field("counts", &self.counts)
+            .field("auth_errors_permanent", &self.auth_errors_permanent)
             .finish()
     }
 }
@@ -374,7 +382,15 @@ impl RedisManager {
                 .set_connection_timeout(None)
                 .set_response_timeout(Some(Self::RESPONSE_TIMEOUT)),
             counts: Counts::new(),
+            auth_errors_permanent: false,
         })
+    }
+
+    /// Classifies authentication errors ([`is_auth_error`]) as permanent, so that the pool
+    /// rejects calls at once while the server refuses the password, instead of retrying.
+    pub fn auth_errors_permanent(mut self) -> Self {
+        self.auth_errors_permanent = true;
+        self
     }
 
     /// Replaces the connection settings (timeouts) of new connections.
@@ -424,6 +440,20 @@ impl ConnectionManager for RedisManager {
     fn has_broken(&self, conn: &mut RedisConn) -> bool {
         self.counts.record_broken(conn.broken)
     }
+
+    fn is_permanent_error(&self, error: &RedisError) -> bool {
+        self.auth_errors_permanent && is_auth_error(error)
+    }
+}
+
+/// Whether `error` says the server refused the client's credentials: a missing password
+/// (`NOAUTH`), a wrong one (`WRONGPASS`, or the client's own
+/// [`AuthenticationFailed`](ErrorKind::AuthenticationFailed) when `AUTH` fails in the
+/// handshake). Retrying does not help until someone changes the password or the client's
+/// settings.
+pub fn is_auth_error(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 /// `PING nonce`, checking that the server echoes the nonce: a reply meant for another command
@@ -463,6 +493,11 @@ impl fmt::Debug for RedisConn {
 }
 
 impl RedisConn {
+    /// The connection's number, unique among the connections of its manager.
+    pub fn id(&self) -> u64 {
+        self._live.id()
+    }
+
     /// Whether a command on this connection failed with an I/O error.
     pub fn is_broken(&self) -> bool {
         self.broken
