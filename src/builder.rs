@@ -14,7 +14,9 @@ use std::{fmt, time::Duration};
 /// Builds a [`ConnectionPool`]; start with [`ConnectionPool::builder`].
 ///
 /// Settings that take an optional duration accept a `Duration` or `None` (no limit, or no
-/// task). The defaults are those of [`Config::default`].
+/// task). The defaults are those of [`Config::default`]. The setters only record values; a bad
+/// one (zero, too large, inconsistent with another) comes back from [`build`](Self::build) as
+/// [`PoolError::Config`] naming the setting.
 ///
 /// # Examples
 ///

@@ -48,10 +48,11 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     ///
     /// # Cancellation
     ///
-    /// Dropping the future at any await point is safe and leaks nothing: a wait ends (its
-    /// wake-up, if any, passes to the next waiter), a creation in flight is dropped and its
-    /// slot freed, and a connection being validated is destroyed (it may hold a half-read
-    /// reply) and its slot freed.
+    /// Dropping the future at any await point is safe and leaks nothing: a wait ends and the
+    /// call leaves the line (a connection handed to it meanwhile goes to the next waiter, a
+    /// wake-up it received wakes the next one), a creation in flight is dropped and its slot
+    /// and permit freed, and a connection being validated is destroyed (it may hold a
+    /// half-read reply) and its slot freed.
     ///
     /// With leak detection on, the caller's source location is recorded (`#[track_caller]`).
     #[track_caller]
@@ -71,7 +72,11 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// # Errors
     ///
     /// As `get_connection`, plus [`PoolError::NoRuntime`] when the pool has no runtime to time
-    /// the call with.
+    /// the call with. A [`PoolError::Timeout`] here means `timeout` passed.
+    ///
+    /// # Cancellation
+    ///
+    /// As `get_connection`: safe at every await point, nothing leaks.
     #[track_caller]
     pub fn get_connection_timeout(
         &self,

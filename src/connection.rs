@@ -25,6 +25,11 @@ pub(crate) struct Conn<C> {
 /// [`ConnectionManager::has_broken`](crate::ConnectionManager::has_broken) says so, when it
 /// outlived `max_lifetime`, when the pool is closed, or when the guard is dropped while the
 /// thread is panicking (the connection may be mid-transaction).
+///
+/// A guard dropped because its task was cancelled (a future dropped mid-request) returns the
+/// connection as it is. If a cancelled request can leave it mid-protocol, have
+/// [`has_broken`](crate::ConnectionManager::has_broken) detect that, for example with a flag
+/// the connection sets when a request starts and clears when its reply has been read.
 pub struct PooledConnection<M: ConnectionManager> {
     /// `Some` from checkout until `Drop` or `detach` takes it; it owns one slot of the pool's
     /// size counter.

@@ -88,7 +88,8 @@ impl Histogram {
     }
 
     /// The duration below which a fraction `q` (0.0 to 1.0) of the recorded ones fall, rounded
-    /// up to its bucket's bound (at most 12.5 % high) and never above the maximum.
+    /// up to its bucket's bound (at most 12.5 % high) and never above the maximum. `q` is
+    /// clamped to 0.0..=1.0 (NaN counts as 0.0); an empty histogram gives zero.
     pub fn quantile(&self, q: f64) -> Duration {
         let counts: Vec<u64> = self
             .buckets

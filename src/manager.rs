@@ -49,6 +49,14 @@ pub trait ConnectionManager: Send + Sync + 'static {
     ///
     /// The pool bounds it with `connection_timeout` and drops the future on timeout or when the
     /// caller of `get_connection` is cancelled, so it must be safe to drop at any await point.
+    ///
+    /// # Errors
+    ///
+    /// An error reaches the caller as [`PoolError::Backend`](crate::PoolError::Backend), or as
+    /// [`PoolError::Rejected`](crate::PoolError::Rejected) when
+    /// [`is_permanent_error`](Self::is_permanent_error) says so; callers that time out while
+    /// it keeps failing see its message in `PoolError::Timeout::last_error`. A panic in it
+    /// frees the slot and unwinds into the caller of `get_connection`.
     fn create_connection(
         &self,
     ) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
@@ -80,7 +88,8 @@ pub trait ConnectionManager: Send + Sync + 'static {
     /// Cheap synchronous check run when a connection is returned: `true` destroys it.
     ///
     /// It runs inside `Drop`, so it must not block or do I/O; look at a flag your connection
-    /// type keeps (for example "the last read hit EOF"). The default says "not broken".
+    /// type keeps (for example "the last read hit EOF"). The default says "not broken". If it
+    /// panics, the connection is destroyed and its slot freed while the panic unwinds.
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
         let _ = conn;
         false

@@ -603,7 +603,9 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     ///
     /// Returns `None` when no idle connection is ready, when the pool is closed, and when other
     /// tasks are already waiting in `get_connection` (so that it never jumps the queue). It does
-    /// no I/O: connections are not validated here, only checked for expiry.
+    /// no I/O: connections are not validated here, only checked for expiry (expired ones are
+    /// destroyed on the way). It never fails otherwise and, being synchronous, cannot be
+    /// cancelled half-way.
     #[track_caller]
     pub fn try_get_connection(&self) -> Option<PooledConnection<M>> {
         let location = Location::caller();
@@ -632,8 +634,11 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// Closes the pool.
     ///
     /// New `get_connection` calls fail with [`PoolError::Closed`], waiting ones wake up with
-    /// it, idle connections are dropped now and checked-out ones when their guards drop. The
-    /// cleanup task stops at its next tick. Closing twice does nothing.
+    /// it, idle connections are dropped now and checked-out ones when their guards drop. A
+    /// call that is creating a connection finishes its create and then destroys the new
+    /// connection and fails with `Closed`; one validating an idle connection finishes the check
+    /// and its connection is destroyed when its guard drops. The cleanup task stops at its next
+    /// tick. Closing twice does nothing; it never fails or blocks.
     pub fn close(&self) {
         self.shared.close();
     }

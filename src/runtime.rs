@@ -48,10 +48,16 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// }
 /// ```
 pub trait Runtime: Send + Sync + 'static {
-    /// Runs `task` to completion in the background. The pool spawns only its cleanup loop.
+    /// Runs `task` to completion in the background. The pool spawns only its cleanup loop and,
+    /// when leak detection is on, its leak watcher; both hold only a weak reference to the pool
+    /// and end when it is dropped. If the task is dropped or never runs, that background work
+    /// stops; getting and returning connections (and their timeouts) keep working.
     fn spawn(&self, task: BoxFuture<()>);
 
     /// A future that completes once `duration` has passed on this runtime's clock.
+    ///
+    /// The pool races it against the work it bounds and drops it early whenever that work
+    /// finishes first, so it must be safe to drop before completion (timer futures are).
     fn sleep(&self, duration: Duration) -> BoxFuture<()>;
 
     /// The current time. Idle times, lifetimes and deadlines are measured with it, so a test

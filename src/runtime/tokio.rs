@@ -9,6 +9,12 @@ use std::{fmt, time::Duration, time::Instant};
 /// methods are called from outside that runtime. Its clock is tokio's, so tests that pause time
 /// (`#[tokio::test(start_paused = true)]`) drive idle times and lifetimes too.
 ///
+/// # Panics
+///
+/// Once the tokio runtime behind the handle has shut down, tokio panics when the pool arms a
+/// timer (a `get_connection` with a timeout, the cleanup task) or reads the clock: build the
+/// pool on the runtime that outlives it, or drop the pool first.
+///
 /// # Examples
 ///
 /// ```
