@@ -59,11 +59,8 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     pub fn get_connection(
         &self,
     ) -> impl Future<Output = Result<PooledConnection<M>, PoolError<M::Error>>> + Send + '_ {
-        checkout(
-            &self.shared,
-            self.shared.config.wait_timeout,
-            Location::caller(),
-        )
+        let location = Location::caller();
+        async move { fast_or_slow(&self.shared, self.shared.config.wait_timeout, location).await }
     }
 
     /// Like [`get_connection`](Self::get_connection), with `timeout` instead of the configured
@@ -85,7 +82,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
         let location = Location::caller();
         async move {
             self.runtime_or_err("get_connection_timeout")?;
-            checkout(&self.shared, Some(timeout), location).await
+            fast_or_slow(&self.shared, Some(timeout), location).await
         }
     }
 }
@@ -205,10 +202,48 @@ fn timed_out<M: ConnectionManager>(
     PoolError::Timeout { phase, last_error }
 }
 
+/// A checkout: the fast path inline, the slow path boxed.
+///
+/// The slow path's state machine holds the user's `create_connection` and `is_valid` futures
+/// and the timers, often several hundred bytes; inline, every `get_connection` future would
+/// be that large and each move of it a copy of that size. Boxed, the common case (an idle
+/// connection, nobody waiting) stays small and allocation-free, and only a call that has to
+/// create, validate or wait pays for one allocation, next to the ones waiting makes anyway.
+async fn fast_or_slow<M: ConnectionManager>(
+    shared: &Arc<Shared<M>>,
+    wait_timeout: Option<Duration>,
+    location: &'static Location<'static>,
+) -> Result<PooledConnection<M>, PoolError<M::Error>> {
+    match fast_checkout(shared, location) {
+        Ok(conn) => Ok(conn),
+        Err(pending) => Box::pin(checkout(shared, wait_timeout, location, pending)).await,
+    }
+}
+
+/// An idle connection that needs neither expiry nor validation, when nobody waits; no await,
+/// no clock read for a deadline. Otherwise hands what it popped (if anything) to the slow path.
+fn fast_checkout<M: ConnectionManager>(
+    shared: &Arc<Shared<M>>,
+    location: &'static Location<'static>,
+) -> Result<PooledConnection<M>, Option<Conn<M::Connection>>> {
+    if shared.is_closed() || shared.waitlist.waiting() > 0 {
+        return Err(None);
+    }
+    let conn = shared.idle.pop().ok_or(None)?;
+    let now = shared.now();
+    if shared.expiry(&conn, now).is_some() || shared.needs_validation(&conn, now) {
+        return Err(Some(conn));
+    }
+    log::trace!("{}: checked out an idle connection", shared.config.name);
+    Ok(Shared::hand_out(shared, conn, location, None))
+}
+
+/// The slow path: expiry and validation of `pending`, creation, waiting in line.
 pub(crate) async fn checkout<M: ConnectionManager>(
     shared: &Arc<Shared<M>>,
     wait_timeout: Option<Duration>,
     location: &'static Location<'static>,
+    initial: Option<Conn<M::Connection>>,
 ) -> Result<PooledConnection<M>, PoolError<M::Error>> {
     let runtime = shared.runtime.as_deref();
     // The observer wants the wait time of every checkout; nothing else reads the clock here.
@@ -218,7 +253,7 @@ pub(crate) async fn checkout<M: ConnectionManager>(
     let mut queued: Option<Queued<'_, M>> = None;
     let mut counted = false;
     // A connection in hand that still needs the expiry and validation checks.
-    let mut pending: Option<Conn<M::Connection>> = None;
+    let mut pending: Option<Conn<M::Connection>> = initial;
     loop {
         // When the governor holds creation back until an instant, wake then to try again.
         let mut retry_at = None;
