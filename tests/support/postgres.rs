@@ -323,10 +323,11 @@ impl PostgresServer {
     /// signalled.
     pub async fn terminate_backends(&self) -> Result<usize, Error> {
         self.admin_count(&format!(
-            "SELECT count(*) FROM pg_stat_activity \
+            // In FILTER, not WHERE: SQL does not promise to evaluate WHERE conditions left to
+            // right, so the server could signal the admin session before excluding it.
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
              WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
-             AND application_name IS DISTINCT FROM '{ADMIN_APP}' \
-             AND pg_terminate_backend(pid)"
+             AND application_name IS DISTINCT FROM '{ADMIN_APP}'"
         ))
         .await
     }
