@@ -87,13 +87,21 @@ pub(crate) struct WaitList<C> {
     queue: WaitQueue<Arc<WaitSlot<C>>>,
     /// Slots in state `WAITING`.
     waiting: AtomicUsize,
+    /// Abandoned slots still in `queue` (counted before the swap, so never below the truth).
+    /// Producers skip them as they meet them, but behind a waiting slot they would stay; a
+    /// pool whose callers keep timing out while nothing comes back would pile them up.
+    abandoned: AtomicUsize,
 }
+
+/// Abandoned slots tolerated in the queue before the whole list is swept.
+const SWEEP_AFTER: usize = 1024;
 
 impl<C> WaitList<C> {
     pub(crate) fn new() -> Self {
         Self {
             queue: WaitQueue::new(),
             waiting: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
         }
     }
 
@@ -119,17 +127,30 @@ impl<C> WaitList<C> {
     /// Gives up `slot` on the waiter's side. Returns what the waiter must now deal with: a
     /// connection handed to it, a wake-up to pass on, or nothing.
     pub(crate) fn abandon(&self, slot: &WaitSlot<C>) -> Resolution<C> {
+        // Count first, so that a producer that pops this slot and finds it abandoned never
+        // takes the count below zero.
+        let abandoned = self.abandoned.fetch_add(1, Ordering::AcqRel) + 1;
         match slot
             .state
             .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => {
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
+                if abandoned > SWEEP_AFTER && abandoned > 4 * self.waiting() {
+                    // Mostly dead entries: pop them all. The waiting ones are woken, re-check
+                    // and queue again, keeping their deadlines.
+                    self.wake_all();
+                }
                 Resolution::Abandoned
             }
-            Err(SERVED) => Resolution::Served(slot.take_served()),
-            Err(WOKEN) => Resolution::Woken,
-            Err(_) => Resolution::Abandoned,
+            Err(state) => {
+                self.abandoned.fetch_sub(1, Ordering::AcqRel);
+                match state {
+                    SERVED => Resolution::Served(slot.take_served()),
+                    WOKEN => Resolution::Woken,
+                    _ => Resolution::Abandoned,
+                }
+            }
         }
     }
 
@@ -151,7 +172,11 @@ impl<C> WaitList<C> {
                     slot.event.notify(1);
                     return Ok(());
                 }
-                Err(_) => conn = slot.take_served(),
+                Err(_) => {
+                    // Abandoned: skip it.
+                    self.abandoned.fetch_sub(1, Ordering::AcqRel);
+                    conn = slot.take_served();
+                }
             }
         }
         Err(conn)
@@ -182,6 +207,9 @@ impl<C> WaitList<C> {
         if woken {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             slot.event.notify(1);
+        } else {
+            // Abandoned: dropped from the queue here.
+            self.abandoned.fetch_sub(1, Ordering::AcqRel);
         }
         woken
     }
@@ -189,5 +217,46 @@ impl<C> WaitList<C> {
     /// Whether no slot is published (a waiter may be between counting and publishing).
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pile_of_abandoned_slots_is_swept_and_the_waiting_ones_woken() {
+        let list = WaitList::<u32>::new();
+        let (first, _listener) = list.register();
+        let mut peak = 0;
+        for _ in 0..5 * SWEEP_AFTER {
+            let (slot, _listener) = list.register();
+            assert!(matches!(list.abandon(&slot), Resolution::Abandoned));
+            peak = peak.max(list.abandoned.load(Ordering::SeqCst));
+        }
+        assert!(peak <= SWEEP_AFTER + 1, "{peak} abandoned slots piled up");
+        assert!(matches!(first.resolution(), Resolution::Woken));
+        assert_eq!(list.waiting(), 0);
+        // Whatever is left behind the last sweep is skipped, and counted out, by a producer.
+        assert_eq!(list.offer(7), Err(7));
+        assert_eq!(list.abandoned.load(Ordering::SeqCst), 0);
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn offer_serves_the_oldest_waiting_slot_and_skips_abandoned_ones() {
+        let list = WaitList::<u32>::new();
+        let (gone, _l1) = list.register();
+        let (oldest, _l2) = list.register();
+        let (younger, _l3) = list.register();
+        assert!(matches!(list.abandon(&gone), Resolution::Abandoned));
+        assert_eq!(list.offer(1), Ok(()));
+        assert!(matches!(oldest.resolution(), Resolution::Served(1)));
+        assert!(matches!(younger.resolution(), Resolution::Waiting));
+        assert_eq!(list.waiting(), 1);
+        assert!(list.wake_one());
+        assert!(matches!(younger.resolution(), Resolution::Woken));
+        assert!(matches!(list.abandon(&younger), Resolution::Woken));
+        assert_eq!(list.abandoned.load(Ordering::SeqCst), 0);
     }
 }
