@@ -353,13 +353,8 @@ pub(crate) async fn checkout<M: ConnectionManager>(
                 }
             }
             let limit = deadline.limit(shared, shared.config.connection_timeout);
-            let started = shared.now();
-            let created = run_bounded(runtime, limit, shared.manager.create_connection()).await;
-            let now = shared.now();
-            let error = match created {
-                Ok(Ok(raw)) => {
-                    let conn = creating.finish(shared.new_conn(raw, now));
-                    shared.create_succeeded(started, now);
+            return match creating.run(limit).await {
+                Ok(conn) => {
                     if shared.is_closed() {
                         shared.destroy(conn, DestroyReason::Closed);
                         return Err(PoolError::Closed);
@@ -370,16 +365,12 @@ pub(crate) async fn checkout<M: ConnectionManager>(
                         shared.size(),
                         shared.waitlist.waiting(),
                     );
-                    return Ok(Shared::hand_out(shared, conn, location, begun));
+                    Ok(Shared::hand_out(shared, conn, location, begun))
                 }
-                Ok(Err(error)) => Some(error),
-                Err(_) => None,
+                Err(Some(Ok(error))) => Err(PoolError::Backend(error)),
+                Err(Some(Err(permanent))) => Err(PoolError::Rejected(permanent)),
+                Err(None) => Err(timed_out(shared, TimeoutPhase::Creating, &mut deadline)),
             };
-            return Err(match shared.create_failed(creating, error, started, now) {
-                Some(Ok(error)) => PoolError::Backend(error),
-                Some(Err(permanent)) => PoolError::Rejected(permanent),
-                None => timed_out(shared, TimeoutPhase::Creating, &mut deadline),
-            });
         }
 
         // 3. Nothing free: take a place in line, re-check (loop again), only then wait.

@@ -11,7 +11,6 @@ use crate::{
     governor::Admission,
     manager::ConnectionManager,
     pool::{ConnectionPool, Creating, Shared},
-    runtime::run_bounded,
     sync::Ordering,
 };
 use std::time::{Duration, Instant};
@@ -79,34 +78,16 @@ impl<M: ConnectionManager> Shared<M> {
             let Some(creating) = Creating::begin(self, max_connecting) else {
                 break;
             };
-            let start = self.now();
             let limit = self
                 .config
                 .connection_timeout
-                .and_then(|t| start.checked_add(t));
-            let result = run_bounded(
-                self.runtime.as_deref(),
-                limit,
-                self.manager.create_connection(),
-            )
-            .await;
-            let now = self.now();
-            match result {
-                Ok(Ok(raw)) => {
-                    created += 1;
-                    let conn = creating.finish(self.new_conn(raw, now));
-                    self.create_succeeded(start, now);
-                    self.give(conn);
-                }
-                Ok(Err(error)) => {
-                    self.create_failed(creating, Some(error), start, now);
-                    break;
-                }
-                Err(_) => {
-                    self.create_failed(creating, None, start, now);
-                    break;
-                }
-            }
+                .and_then(|t| self.now().checked_add(t));
+            // A failure is recorded (and logged) by `run`; the next tick tries again.
+            let Ok(conn) = creating.run(limit).await else {
+                break;
+            };
+            created += 1;
+            self.give(conn);
         }
         if created > 0 {
             log::debug!(

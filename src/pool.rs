@@ -76,6 +76,7 @@ use crate::{
     manager::ConnectionManager,
     observer::{CreateFailure, PoolObserver},
     runtime::Runtime,
+    runtime::run_bounded,
     status::{DestroyReason, Stats, Status},
     sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, IdleQueue, Ordering, StdArc, fence},
     waitlist::WaitList,
@@ -569,11 +570,40 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
 
     /// Hands the slot to the created connection and gives the permit back, waking a waiter
     /// that may now create.
-    pub(crate) fn finish(mut self, conn: Conn<M::Connection>) -> Conn<M::Connection> {
+    fn finish(mut self, conn: Conn<M::Connection>) -> Conn<M::Connection> {
         self.armed = false;
         self.shared.capacity.finish_create();
         self.shared.wake_creator();
         conn
+    }
+
+    /// Runs `create_connection`, bounded by `limit`, and records the outcome: the new
+    /// connection, which takes over the slot, or the failure (`None`: it timed out), with the
+    /// slot and permit given back as [`Shared::create_failed`] describes. Dropping the future
+    /// drops the guard, which gives both back.
+    pub(crate) async fn run(
+        self,
+        limit: Option<Instant>,
+    ) -> Result<Conn<M::Connection>, Option<Result<M::Error, StdArc<M::Error>>>> {
+        let shared = self.shared;
+        let started = shared.now();
+        let created = run_bounded(
+            shared.runtime.as_deref(),
+            limit,
+            shared.manager.create_connection(),
+        )
+        .await;
+        let now = shared.now();
+        let error = match created {
+            Ok(Ok(raw)) => {
+                let conn = self.finish(shared.new_conn(raw, now));
+                shared.create_succeeded(started, now);
+                return Ok(conn);
+            }
+            Ok(Err(error)) => Some(error),
+            Err(_) => None,
+        };
+        Err(shared.create_failed(self, error, started, now))
     }
 
     /// Gives the slot and the permit back without waking anyone; the caller wakes everyone.
