@@ -204,17 +204,8 @@ async fn sigkill_and_restart_after_2_s_with_8_64_and_512_tasks() {
                 .finish(pool, SERVER_LIMIT, SERVER_IDLE, &["backend"])
                 .await;
             report(&format!(
-                "{name}: down {} ms, {} connect attempts while down (limit {}); restart took {} \
-                 ms; then first success {}, full throughput {}, back to {MAX_SIZE} connections \
-                 {}, {} connect attempts while recovering; baseline {baseline:.0} ops/s; {}",
-                ms(outage.down),
-                outage.connect_attempts,
-                load::OUTAGE_CONNECT_LIMIT,
-                ms(outage.restart),
-                ms_or(outage.recovery.first_ok, "none"),
-                ms_or(outage.recovery.full_throughput, "never"),
-                ms_or(outage.recovery.full_size, "n/a"),
-                outage.attempts_recovering,
+                "{name}: {}; baseline {baseline:.0} ops/s; {}",
+                outage.summary("restart", MAX_SIZE),
                 end.figures()
             ));
         }

@@ -913,6 +913,24 @@ pub struct Outage {
     pub recovery: Recovery,
 }
 
+impl Outage {
+    /// One line of figures; `start` names how the server came back ("restart", "start").
+    pub fn summary(&self, start: &str, max_size: usize) -> String {
+        format!(
+            "down {} ms, {} connect attempts while down (limit {OUTAGE_CONNECT_LIMIT}); {start} \
+             took {} ms; then first success {}, full throughput {}, back to {max_size} \
+             connections {}, {} connect attempts while recovering",
+            ms(self.down),
+            self.connect_attempts,
+            ms(self.restart),
+            ms_or(self.recovery.first_ok, "none"),
+            ms_or(self.recovery.full_throughput, "never"),
+            ms_or(self.recovery.full_size, "n/a"),
+            self.attempts_recovering,
+        )
+    }
+}
+
 /// The longest outage [`outage`] makes.
 pub const OUTAGE: Duration = Duration::from_secs(2);
 /// The most connect attempts an [`OUTAGE`] may see, whatever the number of waiters.
