@@ -52,15 +52,17 @@ async fn waiters_are_served_in_arrival_order_and_a_returner_cannot_jump_the_line
     assert_eq!(pool.status().counters.created, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "current_thread")]
 async fn under_contention_no_waiter_is_overtaken_more_than_once_by_each_other_task() {
     // 32 tasks on 2 connections, each checking out 50 times and holding across a yield. A
     // global count of checkouts tells how many others were counted as served while a task
     // waited. First come, first served lets each of the other 31 tasks be counted at most
     // twice: once for a hand-off that happened before this task queued but was counted after
     // it arrived, once for being ahead of it in line; a task that re-asks goes behind it.
-    // With barging (the pool before hand-off), the worst task was overtaken 500 to 1,500
-    // times.
+    // With barging (the pool before hand-off), the worst task was overtaken 1,499 times.
+    // One thread on purpose: on a worker pool the OS can pause the thread that holds a served
+    // but not yet polled task, and the other thread then counts hundreds of checkouts that say
+    // nothing about the pool's order.
     let pool = pool(2);
     let served = Arc::new(AtomicUsize::new(0));
     let worst = Arc::new(AtomicUsize::new(0));
