@@ -17,6 +17,8 @@ use event_listener::EventListener;
 use std::{
     future::Future,
     panic::Location,
+    pin::Pin,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -59,8 +61,11 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     pub fn get_connection(
         &self,
     ) -> impl Future<Output = Result<PooledConnection<M>, PoolError<M::Error>>> + Send + '_ {
-        let location = Location::caller();
-        async move { fast_or_slow(&self.shared, self.shared.config.wait_timeout, location).await }
+        GetConnection::new(
+            &self.shared,
+            self.shared.config.wait_timeout,
+            Location::caller(),
+        )
     }
 
     /// Like [`get_connection`](Self::get_connection), with `timeout` instead of the configured
@@ -82,7 +87,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
         let location = Location::caller();
         async move {
             self.runtime_or_err("get_connection_timeout")?;
-            fast_or_slow(&self.shared, Some(timeout), location).await
+            GetConnection::new(&self.shared, Some(timeout), location).await
         }
     }
 }
@@ -202,21 +207,86 @@ fn timed_out<M: ConnectionManager>(
     PoolError::Timeout { phase, last_error }
 }
 
-/// A checkout: the fast path inline, the slow path boxed.
+/// What `get_connection` returns, until it has: a checkout, the fast path inline, the slow path
+/// boxed.
 ///
 /// The slow path's state machine holds the user's `create_connection` and `is_valid` futures
 /// and the timers, often several hundred bytes; inline, every `get_connection` future would
 /// be that large and each move of it a copy of that size. Boxed, the common case (an idle
 /// connection, nobody waiting) stays small and allocation-free, and only a call that has to
 /// create, validate or wait pays for one allocation, next to the ones waiting makes anyway.
-async fn fast_or_slow<M: ConnectionManager>(
-    shared: &Arc<Shared<M>>,
-    wait_timeout: Option<Duration>,
-    location: &'static Location<'static>,
-) -> Result<PooledConnection<M>, PoolError<M::Error>> {
-    match fast_checkout(shared, location) {
-        Ok(conn) => Ok(conn),
-        Err(pending) => Box::pin(checkout(shared, wait_timeout, location, pending)).await,
+/// Written by hand rather than as an `async fn` so that the fast path is one plain function
+/// call on the first poll, and the future three words and a `Duration`.
+struct GetConnection<'a, M: ConnectionManager> {
+    state: GetState<'a, M>,
+}
+
+type SlowCheckout<'a, M> = Pin<
+    Box<
+        dyn Future<Output = Result<PooledConnection<M>, PoolError<<M as ConnectionManager>::Error>>>
+            + Send
+            + 'a,
+    >,
+>;
+
+enum GetState<'a, M: ConnectionManager> {
+    /// Not polled yet.
+    Start {
+        shared: &'a Arc<Shared<M>>,
+        wait_timeout: Option<Duration>,
+        location: &'static Location<'static>,
+    },
+    /// On the slow path.
+    Slow(SlowCheckout<'a, M>),
+    /// Finished; polling again panics, as with any future.
+    Done,
+}
+
+impl<'a, M: ConnectionManager> GetConnection<'a, M> {
+    fn new(
+        shared: &'a Arc<Shared<M>>,
+        wait_timeout: Option<Duration>,
+        location: &'static Location<'static>,
+    ) -> Self {
+        Self {
+            state: GetState::Start {
+                shared,
+                wait_timeout,
+                location,
+            },
+        }
+    }
+}
+
+impl<M: ConnectionManager> Future for GetConnection<'_, M> {
+    type Output = Result<PooledConnection<M>, PoolError<M::Error>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let state = &mut self.state;
+        if let GetState::Start {
+            shared,
+            wait_timeout,
+            location,
+        } = *state
+        {
+            match fast_checkout(shared, location) {
+                Ok(conn) => {
+                    *state = GetState::Done;
+                    return Poll::Ready(Ok(conn));
+                }
+                Err(pending) => {
+                    *state =
+                        GetState::Slow(Box::pin(checkout(shared, wait_timeout, location, pending)));
+                }
+            }
+        }
+        let GetState::Slow(slow) = state else {
+            panic!("`get_connection` future polled after it completed");
+        };
+        let outcome = std::task::ready!(slow.as_mut().poll(cx));
+        // Drop the slow path's state (its place in line, its timers) now.
+        *state = GetState::Done;
+        Poll::Ready(outcome)
     }
 }
 
@@ -230,7 +300,7 @@ fn fast_checkout<M: ConnectionManager>(
         return Err(None);
     }
     let conn = shared.idle.pop().ok_or(None)?;
-    let now = shared.now();
+    let now = shared.coarse_now();
     if shared.expiry(&conn, now).is_some() || shared.needs_validation(&conn, now) {
         return Err(Some(conn));
     }
@@ -287,7 +357,7 @@ pub(crate) async fn checkout<M: ConnectionManager>(
         }
 
         if let Some(conn) = candidate {
-            let now = shared.now();
+            let now = shared.coarse_now();
             if let Some(reason) = shared.expiry(&conn, now) {
                 shared.destroy(conn, reason);
                 continue;

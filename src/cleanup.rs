@@ -157,7 +157,7 @@ async fn run<M: ConnectionManager>(
         if !shared.cleanup_current(generation) {
             return;
         }
-        let now = shared.now();
+        let now = shared.coarse_now();
         shared.cleanup_pass(now);
     }
 }

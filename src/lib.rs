@@ -253,6 +253,7 @@ mod builder;
 mod capacity;
 mod checkout;
 mod cleanup;
+mod clock;
 mod config;
 mod connection;
 mod error;
@@ -271,6 +272,7 @@ mod waitlist;
 
 pub use builder::Builder;
 pub use cleanup::CleanupReport;
+pub use clock::coarse_now;
 pub use config::{
     Config, DEFAULT_CLEANUP_INTERVAL, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_MAX_CONNECTING,
     DEFAULT_MAX_IDLE_TIME, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_SIZE,

@@ -182,6 +182,16 @@ impl<M: ConnectionManager> Shared<M> {
         }
     }
 
+    /// The clock idle times and lifetimes are measured with: cheap enough for every checkout
+    /// and return, and within a few milliseconds of [`now`](Self::now) (see
+    /// [`Runtime::coarse_now`]).
+    pub(crate) fn coarse_now(&self) -> Instant {
+        match &self.runtime {
+            Some(runtime) => runtime.coarse_now(),
+            None => crate::clock::coarse_now(),
+        }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -267,9 +277,15 @@ impl<M: ConnectionManager> Shared<M> {
     /// waits, else into the idle queue. Synchronous and bounded: each retry consumes an entry
     /// of the wait list.
     pub(crate) fn give(&self, conn: Conn<M::Connection>) {
-        let mut conn = match self.waitlist.offer(conn) {
-            Ok(()) => return,
-            Err(conn) => conn,
+        // Nobody counted as waiting: skip the wait list (the common, uncontended return). A
+        // waiter counted after this load is caught by the re-check after the push below.
+        let mut conn = if self.waitlist.waiting() == 0 {
+            conn
+        } else {
+            match self.waitlist.offer(conn) {
+                Ok(()) => return,
+                Err(conn) => conn,
+            }
         };
         loop {
             if let Err(conn) = self.idle.push(conn) {
@@ -320,7 +336,7 @@ impl<M: ConnectionManager> Shared<M> {
             slot.destroy(DestroyReason::Closed);
             return;
         }
-        let now = self.now();
+        let now = self.coarse_now();
         if slot.conn_mut().expires_at.is_some_and(|at| at <= now) {
             slot.destroy(DestroyReason::MaxLifetime);
             return;
@@ -596,7 +612,7 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
         let now = shared.now();
         let error = match created {
             Ok(Ok(raw)) => {
-                let conn = self.finish(shared.new_conn(raw, now));
+                let conn = self.finish(shared.new_conn(raw, shared.coarse_now()));
                 shared.create_succeeded(started, now);
                 return Ok(conn);
             }
@@ -645,7 +661,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
         }
         loop {
             let conn = shared.idle.pop()?;
-            let now = shared.now();
+            let now = shared.coarse_now();
             match shared.expiry(&conn, now) {
                 Some(reason) => shared.destroy(conn, reason),
                 None => {
@@ -688,9 +704,12 @@ impl<M: ConnectionManager> ConnectionPool<M> {
         &self.shared.manager
     }
 
-    /// The time the pool measures with: its runtime's clock, or the system clock.
+    /// The time idle times and lifetimes are measured with, the one
+    /// [`cleanup_pass`](Self::cleanup_pass) expects: the runtime's
+    /// [`coarse_now`](Runtime::coarse_now), or [`coarse_now`](crate::coarse_now) without a
+    /// runtime. Timeouts are measured with the runtime's [`now`](Runtime::now).
     pub fn now(&self) -> Instant {
-        self.shared.now()
+        self.shared.coarse_now()
     }
 
     pub(crate) fn runtime_or_err(&self, setting: &'static str) -> Result<(), PoolError<M::Error>> {

@@ -65,6 +65,18 @@ pub trait Runtime: Send + Sync + 'static {
     fn now(&self) -> Instant {
         Instant::now()
     }
+
+    /// The current time to within a few milliseconds, on the clock idle times and lifetimes
+    /// are measured with: the pool reads it on every checkout and return, to stamp a returned
+    /// connection and to check an idle one before handing it out, and in each cleanup pass.
+    ///
+    /// The default returns [`now`](Self::now), so a manual clock drives idle times too.
+    /// [`TokioRuntime`] and [`SmolRuntime`] return [`coarse_now`](crate::coarse_now), the
+    /// system's coarse monotonic clock (about 7 ns to read on Linux against about 23 ns for
+    /// `Instant::now()`); a runtime of your own on the system clock can do the same.
+    fn coarse_now(&self) -> Instant {
+        self.now()
+    }
 }
 
 /// Why [`run_bounded`] gave up on its future.

@@ -1,7 +1,7 @@
 //! [`Runtime`] for smol and async-std.
 
 use super::{BoxFuture, Runtime};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Runs the pool's timers on async-io and its cleanup task on smol's global executor
 /// (feature `smol`).
@@ -37,5 +37,9 @@ impl Runtime for SmolRuntime {
         Box::pin(async move {
             ::smol::Timer::after(duration).await;
         })
+    }
+
+    fn coarse_now(&self) -> Instant {
+        crate::coarse_now()
     }
 }

@@ -6,8 +6,14 @@ use std::{fmt, time::Duration, time::Instant};
 /// Runs the pool's timers and cleanup task on a tokio runtime (feature `tokio`).
 ///
 /// It keeps a [`Handle`](::tokio::runtime::Handle), so a pool built with it works even when its
-/// methods are called from outside that runtime. Its clock is tokio's, so tests that pause time
-/// (`#[tokio::test(start_paused = true)]`) drive idle times and lifetimes too.
+/// methods are called from outside that runtime.
+///
+/// Timeouts and the cleanup interval follow tokio's clock, so tests that pause time
+/// (`#[tokio::test(start_paused = true)]`) drive them. Idle times and lifetimes are measured
+/// with the system's coarse monotonic clock ([`coarse_now`](crate::coarse_now)), which is read
+/// on every checkout and return and costs a third of a precise reading; pausing tokio's clock
+/// does not age connections. To test expiry without sleeping, build the pool with a
+/// [`Runtime`] of your own whose `now` is a manual clock.
 ///
 /// # Panics
 ///
@@ -80,5 +86,9 @@ impl Runtime for TokioRuntime {
         // the handle, which would cost as much again as the clock read; elsewhere it is the
         // system clock, which is what tokio's clock is unless time is paused.
         ::tokio::time::Instant::now().into_std()
+    }
+
+    fn coarse_now(&self) -> Instant {
+        crate::coarse_now()
     }
 }
