@@ -116,12 +116,16 @@ impl Deadline {
         })
     }
 
-    /// The earlier of the call's deadline and `phase_timeout` from now.
+    /// The earlier of the call's deadline and `phase_timeout` from now; no clock read when
+    /// neither is set.
     fn limit<M: ConnectionManager>(
         &mut self,
         shared: &Shared<M>,
         phase_timeout: Option<Duration>,
     ) -> Option<Instant> {
+        if self.wait_timeout.is_none() && phase_timeout.is_none() {
+            return None;
+        }
         let (_, deadline) = self.start(shared);
         let phase = phase_timeout.and_then(|t| shared.now().checked_add(t));
         match (deadline, phase) {
@@ -175,14 +179,16 @@ impl<'a, M: ConnectionManager> Queued<'a, M> {
 
 impl<M: ConnectionManager> Drop for Queued<'_, M> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            match self.shared.waitlist.abandon(&self.slot) {
+                Resolution::Served(conn) => self.shared.give(conn),
+                Resolution::Woken => self.shared.wake_creator(),
+                Resolution::Waiting | Resolution::Abandoned => {}
+            }
         }
-        match self.shared.waitlist.abandon(&self.slot) {
-            Resolution::Served(conn) => self.shared.give(conn),
-            Resolution::Woken => self.shared.wake_creator(),
-            Resolution::Waiting | Resolution::Abandoned => {}
-        }
+        // The slot is done with: no listener of ours may outlive its reuse.
+        self.listener = None;
+        self.shared.waitlist.recycle(&mut self.slot);
     }
 }
 

@@ -414,3 +414,41 @@ fn m9_a_finished_creation_wakes_a_getter_held_back_by_max_connecting() {
         assert_eq!(counts.live(), 0);
     });
 }
+
+/// 10. Wait slots are reused, but never one still in the wait queue: a waiter gives up
+///     after its first poll (its slot stays queued, abandoned), then waits twice more,
+///     possibly in a reused slot, while the thread that serves it by hand-off waits itself.
+///     A queued slot handed out again would be served twice or strand its waiter.
+#[test]
+fn m10_a_queued_abandoned_wait_slot_is_not_reused() {
+    check("m10 wait slot reuse", || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let held = get(&pool).unwrap();
+
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let mut cancelled = Box::pin(pool.get_connection());
+                let _ = poll_once_then_drop(cancelled.as_mut());
+                drop(cancelled);
+                for _ in 0..2 {
+                    let conn = get(&pool).expect("the one connection");
+                    conn.claim();
+                    conn.unclaim();
+                }
+            })
+        };
+        drop(held);
+        let conn = get(&pool).expect("the one connection, back");
+        conn.claim();
+        conn.unclaim();
+        drop(conn);
+        waiter.join().unwrap();
+
+        assert_eq!(counts.created(), 1, "one connection, handed around");
+        assert_eq!(counts.peak(), 1);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
