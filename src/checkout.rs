@@ -306,7 +306,7 @@ fn fast_checkout<M: ConnectionManager>(
         return Err(None);
     }
     let conn = shared.idle.pop().ok_or(None)?;
-    let now = shared.coarse_now();
+    let now = shared.stamp();
     if shared.expiry(&conn, now).is_some() || shared.needs_validation(&conn, now) {
         return Err(Some(conn));
     }
@@ -363,7 +363,7 @@ pub(crate) async fn checkout<M: ConnectionManager>(
         }
 
         if let Some(conn) = candidate {
-            let now = shared.coarse_now();
+            let now = shared.stamp();
             if let Some(reason) = shared.expiry(&conn, now) {
                 shared.destroy(conn, reason);
                 continue;

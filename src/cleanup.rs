@@ -7,6 +7,7 @@
 //! it simply finds another connection, creates one, or is woken by the push-back.
 
 use crate::{
+    clock::Stamp,
     error::PoolError,
     governor::Admission,
     manager::ConnectionManager,
@@ -28,7 +29,7 @@ pub struct CleanupReport {
 }
 
 impl<M: ConnectionManager> Shared<M> {
-    pub(crate) fn cleanup_pass(&self, now: Instant) -> CleanupReport {
+    pub(crate) fn cleanup_pass(&self, now: Stamp) -> CleanupReport {
         let mut report = CleanupReport::default();
         // Look at each connection that was idle when the pass began, once; connections
         // returned meanwhile are fresh and go to the back of the queue anyway.
@@ -157,7 +158,7 @@ async fn run<M: ConnectionManager>(
         if !shared.cleanup_current(generation) {
             return;
         }
-        let now = shared.coarse_now();
+        let now = shared.stamp();
         shared.cleanup_pass(now);
     }
 }
@@ -171,7 +172,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// manual clock. It never blocks: connections are inspected one at a time, so checkouts
     /// and returns proceed concurrently.
     pub fn cleanup_pass(&self, now: Instant) -> CleanupReport {
-        self.shared.cleanup_pass(now)
+        self.shared.cleanup_pass(crate::clock::stamp_of(now))
     }
 
     /// Stops the background cleanup task; it ends at its next tick. Expiry is still enforced

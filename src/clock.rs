@@ -6,7 +6,7 @@
 //! minutes or hundreds of milliseconds, so the coarse clock the kernel keeps per tick (1-10 ms
 //! resolution, about 4 ns to read) is precise enough for them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The system's monotonic clock, at most one kernel tick (1-10 ms) away from
 /// `Instant::now()`, where the platform has a cheaper coarse clock (Linux, Android); elsewhere
@@ -19,38 +19,84 @@ pub fn coarse_now() -> Instant {
     imp::coarse_now()
 }
 
+/// A reading of the pool's coarse clock as nanoseconds on one fixed scale: what connections are
+/// stamped with when created and returned. Eight bytes instead of an `Instant`'s sixteen, and
+/// compared and subtracted as plain integers on every checkout and return.
+pub(crate) type Stamp = u64;
+
+/// The system's coarse clock as a [`Stamp`]: no conversion to `Instant` on the way.
+#[inline]
+pub(crate) fn coarse_stamp() -> Stamp {
+    imp::coarse_stamp()
+}
+
+/// `instant` on the scale of [`coarse_stamp`]: the two agree for readings of
+/// [`coarse_now`], and any other clock's `Instant`s (a manual one) keep their order and
+/// distances. Instants long before the process started saturate at zero.
+pub(crate) fn stamp_of(instant: Instant) -> Stamp {
+    let (anchor, anchor_stamp) = imp::anchor();
+    match instant.checked_duration_since(anchor) {
+        Some(after) => anchor_stamp.saturating_add(nanos(after)),
+        None => anchor_stamp.saturating_sub(nanos(anchor.saturating_duration_since(instant))),
+    }
+}
+
+/// `duration` in nanoseconds, saturating (a `u64` of nanoseconds spans 584 years).
+pub(crate) fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod imp {
+    use super::Stamp;
     use rustix::time::{ClockId, clock_gettime};
     use std::{
         sync::OnceLock,
         time::{Duration, Instant},
     };
 
-    /// An `Instant` and the coarse clock read together, so that later coarse readings can be
-    /// turned into `Instant`s. The anchor's coarse reading lags its `Instant` by up to a tick,
-    /// so converted readings may run up to a tick ahead of `Instant::now()`; monotonic either
-    /// way, since both clocks are `CLOCK_MONOTONIC`.
-    static ANCHOR: OnceLock<(Instant, Duration)> = OnceLock::new();
+    /// An `Instant` and the coarse clock read together, so that coarse readings and `Instant`s
+    /// can be converted into each other. The anchor's coarse reading lags its `Instant` by up
+    /// to a tick, so converted readings may run up to a tick ahead of `Instant::now()`;
+    /// monotonic either way, since both clocks are `CLOCK_MONOTONIC`.
+    static ANCHOR: OnceLock<(Instant, Stamp)> = OnceLock::new();
 
-    fn coarse() -> Duration {
+    pub(super) fn anchor() -> (Instant, Stamp) {
+        *ANCHOR.get_or_init(|| (Instant::now(), coarse_stamp()))
+    }
+
+    #[inline]
+    pub(super) fn coarse_stamp() -> Stamp {
         let time = clock_gettime(ClockId::MonotonicCoarse);
         // CLOCK_MONOTONIC counts from boot: never negative, nanoseconds below 1e9.
-        Duration::new(
-            u64::try_from(time.tv_sec).unwrap_or(0),
-            u32::try_from(time.tv_nsec).unwrap_or(0),
-        )
+        let secs = u64::try_from(time.tv_sec).unwrap_or(0);
+        let nanos = u64::try_from(time.tv_nsec).unwrap_or(0);
+        secs.saturating_mul(1_000_000_000).saturating_add(nanos)
     }
 
     pub(super) fn coarse_now() -> Instant {
-        let (instant, coarse_then) = *ANCHOR.get_or_init(|| (Instant::now(), coarse()));
-        instant + coarse().saturating_sub(coarse_then)
+        let (instant, stamp_then) = anchor();
+        instant + Duration::from_nanos(coarse_stamp().saturating_sub(stamp_then))
     }
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 mod imp {
-    use std::time::Instant;
+    use super::Stamp;
+    use std::{sync::OnceLock, time::Instant};
+
+    /// The process's clock origin: stamps count nanoseconds from it (plus one, so that an
+    /// `Instant` from before it still maps below every reading).
+    static ANCHOR: OnceLock<Instant> = OnceLock::new();
+
+    pub(super) fn anchor() -> (Instant, Stamp) {
+        (*ANCHOR.get_or_init(Instant::now), 1 << 62)
+    }
+
+    #[inline]
+    pub(super) fn coarse_stamp() -> Stamp {
+        super::stamp_of(Instant::now())
+    }
 
     pub(super) fn coarse_now() -> Instant {
         Instant::now()
@@ -83,6 +129,22 @@ mod tests {
             assert!(now >= last);
             last = now;
         }
+    }
+
+    #[test]
+    fn stamps_agree_with_instants() {
+        let slack = super::nanos(Duration::from_millis(50));
+        for _ in 0..1000 {
+            let stamp = super::coarse_stamp();
+            let of_now = super::stamp_of(coarse_now());
+            assert!(of_now + slack >= stamp && of_now <= stamp + slack);
+        }
+        let base = Instant::now();
+        let later = base + Duration::from_secs(90);
+        assert_eq!(
+            super::stamp_of(later) - super::stamp_of(base),
+            90_000_000_000
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The guard handed out by the pool, and the record kept for each connection.
 
-use crate::{leak::Checkout, manager::ConnectionManager, pool::Shared, sync::Arc};
+use crate::{clock::Stamp, leak::Checkout, manager::ConnectionManager, pool::Shared, sync::Arc};
 use std::{
     fmt,
     ops::{Deref, DerefMut},
@@ -11,10 +11,10 @@ use std::{
 pub(crate) struct Conn<C> {
     /// The user's connection.
     pub(crate) raw: C,
-    /// When `max_lifetime` (less its jitter) runs out, if it is set.
-    pub(crate) expires_at: Option<Instant>,
+    /// When `max_lifetime` (less its jitter) runs out; `Stamp::MAX` without a lifetime.
+    pub(crate) expires_at: Stamp,
     /// When the connection was last put into the idle queue (or created).
-    pub(crate) idle_since: Instant,
+    pub(crate) idle_since: Stamp,
 }
 
 /// A connection checked out of a [`ConnectionPool`](crate::ConnectionPool).

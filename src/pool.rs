@@ -68,6 +68,7 @@
 
 use crate::{
     capacity::Capacity,
+    clock::{self, Stamp},
     config::{Config, ValidationPolicy},
     connection::{Conn, PooledConnection},
     error::PoolError,
@@ -147,6 +148,37 @@ pub(crate) struct Shared<M: ConnectionManager> {
     pub(crate) observer: Option<Box<dyn PoolObserver>>,
     /// Bumped to stop the running cleanup loop; a loop runs while its number is current.
     pub(crate) cleanup_generation: AtomicU64,
+    /// The expiry and validation settings in the units of a [`Stamp`].
+    limits: Limits,
+    /// The runtime's coarse clock is the system's (or there is no runtime): read it directly.
+    system_clock: bool,
+}
+
+/// `max_idle_time` and the validation policy as nanoseconds, for the checks on every checkout.
+struct Limits {
+    /// `Stamp::MAX` when unset.
+    max_idle: u64,
+    validation: Validation,
+}
+
+enum Validation {
+    Always,
+    Never,
+    /// When idle for more than this many nanoseconds.
+    IdleOver(u64),
+}
+
+impl Limits {
+    fn new(config: &Config) -> Self {
+        Self {
+            max_idle: config.max_idle_time.map_or(Stamp::MAX, clock::nanos),
+            validation: match config.validation {
+                ValidationPolicy::Always => Validation::Always,
+                ValidationPolicy::Never => Validation::Never,
+                ValidationPolicy::IdleLongerThan(t) => Validation::IdleOver(clock::nanos(t)),
+            },
+        }
+    }
 }
 
 impl<M: ConnectionManager> Shared<M> {
@@ -157,7 +189,12 @@ impl<M: ConnectionManager> Shared<M> {
         observer: Option<Box<dyn PoolObserver>>,
     ) -> Self {
         let epoch = runtime.as_ref().map_or_else(Instant::now, |r| r.now());
+        let system_clock = runtime
+            .as_ref()
+            .is_none_or(|r| r.coarse_now_is_system_clock());
         Self {
+            limits: Limits::new(&config),
+            system_clock,
             idle: IdleQueue::new(config.max_size),
             capacity: Capacity::new(config.max_size),
             governor: Governor::new(epoch, runtime.is_some()),
@@ -192,16 +229,25 @@ impl<M: ConnectionManager> Shared<M> {
         }
     }
 
+    /// [`coarse_now`](Self::coarse_now) as a [`Stamp`], what connections are stamped with.
+    #[inline]
+    pub(crate) fn stamp(&self) -> Stamp {
+        match &self.runtime {
+            Some(runtime) if !self.system_clock => clock::stamp_of(runtime.coarse_now()),
+            _ => clock::coarse_stamp(),
+        }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
     /// Wraps a freshly created connection, stamping its lifetime with up to 2.5 % jitter so
     /// that connections created in a burst do not all expire together.
-    pub(crate) fn new_conn(&self, raw: M::Connection, now: Instant) -> Conn<M::Connection> {
-        let expires_at = self.config.max_lifetime.map(|lifetime| {
+    pub(crate) fn new_conn(&self, raw: M::Connection, now: Stamp) -> Conn<M::Connection> {
+        let expires_at = self.config.max_lifetime.map_or(Stamp::MAX, |lifetime| {
             let jitter = lifetime.mul_f64(fastrand::f64() * 0.025);
-            now + (lifetime - jitter)
+            now.saturating_add(clock::nanos(lifetime - jitter))
         });
         Conn {
             raw,
@@ -211,13 +257,13 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Why an idle connection must not be handed out any more, if it must not.
-    pub(crate) fn expiry(&self, conn: &Conn<M::Connection>, now: Instant) -> Option<DestroyReason> {
-        if conn.expires_at.is_some_and(|at| at <= now) {
+    #[inline]
+    pub(crate) fn expiry(&self, conn: &Conn<M::Connection>, now: Stamp) -> Option<DestroyReason> {
+        if conn.expires_at <= now {
             return Some(DestroyReason::MaxLifetime);
         }
-        let max_idle = self.config.max_idle_time?;
         // Connections up to `min_idle` are kept warm however long they wait.
-        if now.saturating_duration_since(conn.idle_since) >= max_idle
+        if now.saturating_sub(conn.idle_since) >= self.limits.max_idle
             && self.idle.len() >= self.config.min_idle
         {
             return Some(DestroyReason::IdleTimeout);
@@ -225,13 +271,12 @@ impl<M: ConnectionManager> Shared<M> {
         None
     }
 
-    pub(crate) fn needs_validation(&self, conn: &Conn<M::Connection>, now: Instant) -> bool {
-        match self.config.validation {
-            ValidationPolicy::Always => true,
-            ValidationPolicy::Never => false,
-            ValidationPolicy::IdleLongerThan(threshold) => {
-                now.saturating_duration_since(conn.idle_since) > threshold
-            }
+    #[inline]
+    pub(crate) fn needs_validation(&self, conn: &Conn<M::Connection>, now: Stamp) -> bool {
+        match self.limits.validation {
+            Validation::Always => true,
+            Validation::Never => false,
+            Validation::IdleOver(threshold) => now.saturating_sub(conn.idle_since) > threshold,
         }
     }
 
@@ -259,6 +304,11 @@ impl<M: ConnectionManager> Shared<M> {
     /// Drops a connection, then gives its slot back.
     pub(crate) fn destroy(&self, conn: Conn<M::Connection>, reason: DestroyReason) {
         drop(conn);
+        self.destroyed(reason);
+    }
+
+    /// Counts a connection that was just dropped and gives its slot back.
+    fn destroyed(&self, reason: DestroyReason) {
         self.stats.destroyed(reason);
         if let Some(observer) = &self.observer {
             observer.on_destroy(reason);
@@ -325,23 +375,29 @@ impl<M: ConnectionManager> Shared<M> {
             self.destroy(conn, DestroyReason::Broken);
             return;
         }
-        // `has_broken` is user code: if it panics, the guard destroys the connection and gives
-        // the slot back while unwinding.
-        let mut slot = Slot::holding(self, conn, DestroyReason::Panicked);
-        if self.manager.has_broken(&mut slot.conn_mut().raw) {
-            slot.destroy(DestroyReason::Broken);
+        // `has_broken` is user code. If it panics, unwinding drops `conn` (declared after the
+        // guard, so dropped first) and then the guard, which gives the slot back. The guard
+        // holds no connection, so the common path moves none in and out of it.
+        let unwinding = PanicGuard {
+            shared: self,
+            armed: true,
+        };
+        let mut conn = conn;
+        let broken = self.manager.has_broken(&mut conn.raw);
+        unwinding.disarm();
+        if broken {
+            self.destroy(conn, DestroyReason::Broken);
             return;
         }
         if self.is_closed() {
-            slot.destroy(DestroyReason::Closed);
+            self.destroy(conn, DestroyReason::Closed);
             return;
         }
-        let now = self.coarse_now();
-        if slot.conn_mut().expires_at.is_some_and(|at| at <= now) {
-            slot.destroy(DestroyReason::MaxLifetime);
+        let now = self.stamp();
+        if conn.expires_at <= now {
+            self.destroy(conn, DestroyReason::MaxLifetime);
             return;
         }
-        let mut conn = slot.into_conn();
         conn.idle_since = now;
         self.give(conn);
         log::trace!(
@@ -468,6 +524,7 @@ impl<M: ConnectionManager> Shared<M> {
     /// detection and the observer when they are on. `begun` is when the `get` started, read
     /// only when there is an observer.
     // An associated function, not a method: loom's `Arc` cannot be a `self` type.
+    #[inline]
     pub(crate) fn hand_out(
         this: &Arc<Self>,
         conn: Conn<M::Connection>,
@@ -477,6 +534,18 @@ impl<M: ConnectionManager> Shared<M> {
         if this.leaks.is_none() && this.observer.is_none() {
             return PooledConnection::new(Arc::clone(this), conn, None, None);
         }
+        Self::hand_out_tracked(this, conn, location, begun)
+    }
+
+    /// [`hand_out`](Self::hand_out) with leak detection or an observer on; out of line, so
+    /// that the common case stays small.
+    #[inline(never)]
+    fn hand_out_tracked(
+        this: &Arc<Self>,
+        conn: Conn<M::Connection>,
+        location: &'static Location<'static>,
+        begun: Option<Instant>,
+    ) -> PooledConnection<M> {
         let now = this.now();
         let leak = this.leaks.as_ref().map(|watch| watch.track(now, location));
         let checked_out_at = this.observer.as_ref().map(|observer| {
@@ -559,6 +628,27 @@ impl<M: ConnectionManager> Drop for Slot<'_, M> {
     }
 }
 
+/// Gives back the slot of a connection that user code panicked over, once unwinding has dropped
+/// the connection.
+struct PanicGuard<'a, M: ConnectionManager> {
+    shared: &'a Shared<M>,
+    armed: bool,
+}
+
+impl<M: ConnectionManager> PanicGuard<'_, M> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<M: ConnectionManager> Drop for PanicGuard<'_, M> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.destroyed(DestroyReason::Panicked);
+        }
+    }
+}
+
 /// A slot and a connect permit, held while `create_connection` runs.
 ///
 /// Dropping it (cancellation, timeout, panic in `create_connection`) gives both back and wakes
@@ -612,7 +702,7 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
         let now = shared.now();
         let error = match created {
             Ok(Ok(raw)) => {
-                let conn = self.finish(shared.new_conn(raw, shared.coarse_now()));
+                let conn = self.finish(shared.new_conn(raw, shared.stamp()));
                 shared.create_succeeded(started, now);
                 return Ok(conn);
             }
@@ -661,7 +751,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
         }
         loop {
             let conn = shared.idle.pop()?;
-            let now = shared.coarse_now();
+            let now = shared.stamp();
             match shared.expiry(&conn, now) {
                 Some(reason) => shared.destroy(conn, reason),
                 None => {

@@ -77,6 +77,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn coarse_now(&self) -> Instant {
         self.now()
     }
+
+    /// Whether [`coarse_now`](Self::coarse_now) is the system's coarse clock,
+    /// [`crate::coarse_now`]. The pool then reads that clock itself on every checkout and
+    /// return, without a call through the runtime and a conversion from `Instant`.
+    ///
+    /// The default is `false`, which is always correct; [`TokioRuntime`] and [`SmolRuntime`]
+    /// return `true`. Return `true` only if `coarse_now` returns `crate::coarse_now()`.
+    fn coarse_now_is_system_clock(&self) -> bool {
+        false
+    }
 }
 
 /// Why [`run_bounded`] gave up on its future.

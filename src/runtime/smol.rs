@@ -42,4 +42,8 @@ impl Runtime for SmolRuntime {
     fn coarse_now(&self) -> Instant {
         crate::coarse_now()
     }
+
+    fn coarse_now_is_system_clock(&self) -> bool {
+        true
+    }
 }
