@@ -85,8 +85,8 @@ mod imp {
     use super::Stamp;
     use std::{sync::OnceLock, time::Instant};
 
-    /// The process's clock origin: stamps count nanoseconds from it (plus one, so that an
-    /// `Instant` from before it still maps below every reading).
+    /// The process's clock origin: stamps count nanoseconds from it, offset by 2^62 so that
+    /// `Instant`s from before it still map to distinct readings.
     static ANCHOR: OnceLock<Instant> = OnceLock::new();
 
     pub(super) fn anchor() -> (Instant, Stamp) {

@@ -64,3 +64,54 @@ async fn a_panicking_validation_destroys_the_connection() {
     manager.counts.set_validate(Gate::Ok);
     assert!(pool.get_connection().await.is_ok());
 }
+
+/// A manager whose `has_broken` panics, counting its live connections.
+struct PanickyReturns {
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl connection_pool::ConnectionManager for PanickyReturns {
+    type Connection = Counted;
+    type Error = std::io::Error;
+
+    async fn create_connection(&self) -> Result<Counted, std::io::Error> {
+        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Counted(self.live.clone()))
+    }
+
+    async fn is_valid(&self, _conn: &mut Counted) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+
+    fn has_broken(&self, _conn: &mut Counted) -> bool {
+        panic!("has_broken panics on purpose")
+    }
+}
+
+#[test]
+fn a_panicking_has_broken_destroys_the_connection_and_frees_its_slot() {
+    let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pool = ConnectionPool::builder(PanickyReturns { live: live.clone() })
+        .max_size(1)
+        .no_runtime()
+        .build()
+        .unwrap();
+    for round in 1..=2 {
+        let conn = futures_lite::future::block_on(pool.get_connection()).unwrap();
+        assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let returned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(conn)));
+        assert!(returned.is_err(), "the panic reaches the caller");
+        let status = pool.status();
+        assert_eq!((status.size, status.idle), (0, 0));
+        assert_eq!(status.counters.destroyed.panicked, round);
+        assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+}
