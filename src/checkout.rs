@@ -60,12 +60,38 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     #[track_caller]
     pub fn get_connection(
         &self,
-    ) -> impl Future<Output = Result<PooledConnection<M>, PoolError<M::Error>>> + Send + '_ {
+    ) -> impl Future<Output = Result<PooledConnection<'_, M>, PoolError<M::Error>>> + Send + '_
+    {
         GetConnection::new(
             &self.shared,
             self.shared.config.wait_timeout,
             Location::caller(),
         )
+    }
+
+    /// Like [`get_connection`](Self::get_connection), but the guard does not borrow this
+    /// handle: keep it in a struct or move it into a spawned task (bb8's `get_owned`). It is
+    /// [`PooledConnection::into_owned`] applied to the result, one reference-count increment
+    /// dearer than a borrowed checkout.
+    ///
+    /// # Errors
+    ///
+    /// As `get_connection`.
+    ///
+    /// # Cancellation
+    ///
+    /// As `get_connection`: safe at every await point, nothing leaks.
+    #[track_caller]
+    pub fn get_connection_owned(
+        &self,
+    ) -> impl Future<Output = Result<PooledConnection<'static, M>, PoolError<M::Error>>> + Send + '_
+    {
+        let checkout = GetConnection::new(
+            &self.shared,
+            self.shared.config.wait_timeout,
+            Location::caller(),
+        );
+        async move { checkout.await.map(PooledConnection::into_owned) }
     }
 
     /// Like [`get_connection`](Self::get_connection), with `timeout` instead of the configured
@@ -83,7 +109,8 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     pub fn get_connection_timeout(
         &self,
         timeout: Duration,
-    ) -> impl Future<Output = Result<PooledConnection<M>, PoolError<M::Error>>> + Send + '_ {
+    ) -> impl Future<Output = Result<PooledConnection<'_, M>, PoolError<M::Error>>> + Send + '_
+    {
         let location = Location::caller();
         async move {
             self.runtime_or_err("get_connection_timeout")?;
@@ -229,8 +256,12 @@ struct GetConnection<'a, M: ConnectionManager> {
 
 type SlowCheckout<'a, M> = Pin<
     Box<
-        dyn Future<Output = Result<PooledConnection<M>, PoolError<<M as ConnectionManager>::Error>>>
-            + Send
+        dyn Future<
+                Output = Result<
+                    PooledConnection<'a, M>,
+                    PoolError<<M as ConnectionManager>::Error>,
+                >,
+            > + Send
             + 'a,
     >,
 >;
@@ -264,8 +295,8 @@ impl<'a, M: ConnectionManager> GetConnection<'a, M> {
     }
 }
 
-impl<M: ConnectionManager> Future for GetConnection<'_, M> {
-    type Output = Result<PooledConnection<M>, PoolError<M::Error>>;
+impl<'a, M: ConnectionManager> Future for GetConnection<'a, M> {
+    type Output = Result<PooledConnection<'a, M>, PoolError<M::Error>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let state = &mut self.state;
@@ -298,10 +329,10 @@ impl<M: ConnectionManager> Future for GetConnection<'_, M> {
 
 /// An idle connection that needs neither expiry nor validation, when nobody waits; no await,
 /// no clock read for a deadline. Otherwise hands what it popped (if anything) to the slow path.
-fn fast_checkout<M: ConnectionManager>(
-    shared: &Arc<Shared<M>>,
+fn fast_checkout<'a, M: ConnectionManager>(
+    shared: &'a Arc<Shared<M>>,
     location: &'static Location<'static>,
-) -> Result<PooledConnection<M>, Option<Conn<M::Connection>>> {
+) -> Result<PooledConnection<'a, M>, Option<Conn<M::Connection>>> {
     if shared.is_closed() || shared.waitlist.waiting() > 0 {
         return Err(None);
     }
@@ -315,12 +346,12 @@ fn fast_checkout<M: ConnectionManager>(
 }
 
 /// The slow path: expiry and validation of `pending`, creation, waiting in line.
-pub(crate) async fn checkout<M: ConnectionManager>(
-    shared: &Arc<Shared<M>>,
+pub(crate) async fn checkout<'a, M: ConnectionManager>(
+    shared: &'a Arc<Shared<M>>,
     wait_timeout: Option<Duration>,
     location: &'static Location<'static>,
     initial: Option<Conn<M::Connection>>,
-) -> Result<PooledConnection<M>, PoolError<M::Error>> {
+) -> Result<PooledConnection<'a, M>, PoolError<M::Error>> {
     let runtime = shared.runtime.as_deref();
     // The observer wants the wait time of every checkout; nothing else reads the clock here.
     let begun = shared.observer.as_ref().map(|_| shared.now());

@@ -2,6 +2,7 @@
 
 use crate::{clock::Stamp, leak::Checkout, manager::ConnectionManager, pool::Shared, sync::Arc};
 use std::{
+    borrow::Cow,
     fmt,
     ops::{Deref, DerefMut},
     time::Instant,
@@ -19,6 +20,14 @@ pub(crate) struct Conn<C> {
 
 /// A connection checked out of a [`ConnectionPool`](crate::ConnectionPool).
 ///
+/// It borrows the pool handle it came from (`'a`), as bb8's guard does: checking out and
+/// returning then touch no reference count shared by every task, which would cost each
+/// checkout a write to one cache line that all cores fight over. To keep a guard beyond that
+/// borrow (in a struct, or moved into a spawned task), make it owned with
+/// [`into_owned`](Self::into_owned) or check out with
+/// [`get_connection_owned`](crate::ConnectionPool::get_connection_owned); an owned guard
+/// holds a reference to the pool, so it may outlive every handle.
+///
 /// It dereferences to the connection. Dropping it returns the connection to the pool at once,
 /// synchronously, without I/O or spawning; the connection is destroyed instead when it is
 /// [broken](Self::mark_broken), when
@@ -30,12 +39,12 @@ pub(crate) struct Conn<C> {
 /// connection as it is. If a cancelled request can leave it mid-protocol, have
 /// [`has_broken`](crate::ConnectionManager::has_broken) detect that, for example with a flag
 /// the connection sets when a request starts and clears when its reply has been read.
-pub struct PooledConnection<M: ConnectionManager> {
+pub struct PooledConnection<'a, M: ConnectionManager> {
     /// `Some` from checkout until `Drop` or `detach` takes it; it owns one slot of the pool's
     /// size counter.
     conn: Option<Conn<M::Connection>>,
-    /// The pool the connection goes back to.
-    shared: Arc<Shared<M>>,
+    /// The pool the connection goes back to: borrowed from the handle, or owned.
+    shared: Cow<'a, Arc<Shared<M>>>,
     /// Set by `mark_broken`: destroy instead of returning.
     broken: bool,
     /// The leak-detection record of this checkout, when leak detection is on.
@@ -44,19 +53,54 @@ pub struct PooledConnection<M: ConnectionManager> {
     checked_out_at: Option<Instant>,
 }
 
-impl<M: ConnectionManager> PooledConnection<M> {
+impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
     pub(crate) fn new(
-        shared: Arc<Shared<M>>,
+        shared: &'a Arc<Shared<M>>,
         conn: Conn<M::Connection>,
         leak: Option<Arc<Checkout>>,
         checked_out_at: Option<Instant>,
     ) -> Self {
         Self {
             conn: Some(conn),
-            shared,
+            shared: Cow::Borrowed(shared),
             broken: false,
             leak,
             checked_out_at,
+        }
+    }
+
+    /// Turns this guard into one that does not borrow the pool handle, so that it can be kept
+    /// in a struct or moved into a spawned task. It costs one reference-count increment now
+    /// and a decrement when the guard drops; an owned guard keeps the pool's shared state
+    /// alive, and the connection goes back to the pool as usual (or is destroyed if every
+    /// handle is gone by then, since that closes the pool).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use connection_pool::{ConnectionManager, ConnectionPool, PooledConnection};
+    /// # struct Numbers;
+    /// # impl ConnectionManager for Numbers {
+    /// #     type Connection = u32;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create_connection(&self) -> Result<u32, std::io::Error> { Ok(7) }
+    /// #     async fn is_valid(&self, _: &mut u32) -> Result<(), std::io::Error> { Ok(()) }
+    /// # }
+    /// # futures_lite::future::block_on(async {
+    /// let pool = ConnectionPool::builder(Numbers).no_runtime().build()?;
+    /// let conn: PooledConnection<'static, Numbers> = pool.get_connection().await?.into_owned();
+    /// drop(pool); // the last handle: the pool closes
+    /// assert_eq!(*conn, 7); // the guard still works; its connection is destroyed on drop
+    /// # Ok::<(), connection_pool::PoolError<std::io::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn into_owned(mut self) -> PooledConnection<'static, M> {
+        PooledConnection {
+            conn: self.conn.take(),
+            shared: Cow::Owned(Arc::clone(&self.shared)),
+            broken: self.broken,
+            leak: self.leak.take(),
+            checked_out_at: self.checked_out_at.take(),
         }
     }
 
@@ -96,7 +140,7 @@ impl<M: ConnectionManager> PooledConnection<M> {
     }
 }
 
-impl<M: ConnectionManager> Deref for PooledConnection<M> {
+impl<M: ConnectionManager> Deref for PooledConnection<'_, M> {
     type Target = M::Connection;
 
     fn deref(&self) -> &M::Connection {
@@ -104,7 +148,7 @@ impl<M: ConnectionManager> Deref for PooledConnection<M> {
     }
 }
 
-impl<M: ConnectionManager> DerefMut for PooledConnection<M> {
+impl<M: ConnectionManager> DerefMut for PooledConnection<'_, M> {
     fn deref_mut(&mut self) -> &mut M::Connection {
         &mut self
             .conn
@@ -114,7 +158,7 @@ impl<M: ConnectionManager> DerefMut for PooledConnection<M> {
     }
 }
 
-impl<M: ConnectionManager> Drop for PooledConnection<M> {
+impl<M: ConnectionManager> Drop for PooledConnection<'_, M> {
     fn drop(&mut self) {
         self.end_watch();
         if let (Some(at), Some(observer)) = (self.checked_out_at, &self.shared.observer) {
@@ -126,7 +170,7 @@ impl<M: ConnectionManager> Drop for PooledConnection<M> {
     }
 }
 
-impl<M: ConnectionManager> fmt::Debug for PooledConnection<M>
+impl<M: ConnectionManager> fmt::Debug for PooledConnection<'_, M>
 where
     M::Connection: fmt::Debug,
 {

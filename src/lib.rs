@@ -224,6 +224,7 @@
 //! |---|---|---|
 //! | [`Builder::build`] | `Config`, `NoRuntime` | not async |
 //! | [`get_connection`](ConnectionPool::get_connection) | `Backend`, `Rejected`, `Timeout`, `Closed` | safe at every await: a wait ends and passes its wake-up or handed-off connection on, a creation in flight is dropped, a connection being validated is destroyed; no slot leaks |
+//! | [`get_connection_owned`](ConnectionPool::get_connection_owned) | as `get_connection` | as `get_connection` |
 //! | [`get_connection_timeout`](ConnectionPool::get_connection_timeout) | as `get_connection`, and `NoRuntime` | as `get_connection` |
 //! | [`try_get_connection`](ConnectionPool::try_get_connection) | never: `None` when nothing is idle | not async |
 //! | [`restart_cleanup_task`](ConnectionPool::restart_cleanup_task) | `Config`, `NoRuntime`, `Closed` | not async |

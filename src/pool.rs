@@ -525,14 +525,14 @@ impl<M: ConnectionManager> Shared<M> {
     /// only when there is an observer.
     // An associated function, not a method: loom's `Arc` cannot be a `self` type.
     #[inline]
-    pub(crate) fn hand_out(
-        this: &Arc<Self>,
+    pub(crate) fn hand_out<'a>(
+        this: &'a Arc<Self>,
         conn: Conn<M::Connection>,
         location: &'static Location<'static>,
         begun: Option<Instant>,
-    ) -> PooledConnection<M> {
+    ) -> PooledConnection<'a, M> {
         if this.leaks.is_none() && this.observer.is_none() {
-            return PooledConnection::new(Arc::clone(this), conn, None, None);
+            return PooledConnection::new(this, conn, None, None);
         }
         Self::hand_out_tracked(this, conn, location, begun)
     }
@@ -540,12 +540,12 @@ impl<M: ConnectionManager> Shared<M> {
     /// [`hand_out`](Self::hand_out) with leak detection or an observer on; out of line, so
     /// that the common case stays small.
     #[inline(never)]
-    fn hand_out_tracked(
-        this: &Arc<Self>,
+    fn hand_out_tracked<'a>(
+        this: &'a Arc<Self>,
         conn: Conn<M::Connection>,
         location: &'static Location<'static>,
         begun: Option<Instant>,
-    ) -> PooledConnection<M> {
+    ) -> PooledConnection<'a, M> {
         let now = this.now();
         let leak = this.leaks.as_ref().map(|watch| watch.track(now, location));
         let checked_out_at = this.observer.as_ref().map(|observer| {
@@ -553,7 +553,7 @@ impl<M: ConnectionManager> Shared<M> {
                 .on_checkout(begun.map_or(Duration::ZERO, |b| now.saturating_duration_since(b)));
             now
         });
-        PooledConnection::new(Arc::clone(this), conn, leak, checked_out_at)
+        PooledConnection::new(this, conn, leak, checked_out_at)
     }
 
     pub(crate) fn status(&self) -> Status {
@@ -743,7 +743,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// destroyed on the way). It never fails otherwise and, being synchronous, cannot be
     /// cancelled half-way.
     #[track_caller]
-    pub fn try_get_connection(&self) -> Option<PooledConnection<M>> {
+    pub fn try_get_connection(&self) -> Option<PooledConnection<'_, M>> {
         let location = Location::caller();
         let shared = &self.shared;
         if shared.is_closed() || shared.waitlist.waiting() > 0 {

@@ -582,8 +582,8 @@ struct Ctx {
 }
 
 type Pool = ConnectionPool<ChaosManager>;
-type Guard = PooledConnection<ChaosManager>;
-type GetResult = Result<Guard, PoolError<ChaosError>>;
+type Guard<'p> = PooledConnection<'p, ChaosManager>;
+type GetResult<'p> = Result<Guard<'p>, PoolError<ChaosError>>;
 
 /// Checks the pool's own numbers against their limits.
 fn check_status(ctx: &Ctx) {
@@ -608,7 +608,7 @@ fn check_status(ctx: &Ctx) {
 }
 
 /// Sorts a finished `get` into the tally; returns the guard on success.
-fn record(ctx: &Ctx, tally: &mut Tally, result: GetResult) -> Option<Guard> {
+fn record<'p>(ctx: &Ctx, tally: &mut Tally, result: GetResult<'p>) -> Option<Guard<'p>> {
     match result {
         Ok(guard) => {
             tally.gets_ok += 1;
@@ -635,12 +635,12 @@ fn record(ctx: &Ctx, tally: &mut Tally, result: GetResult) -> Option<Guard> {
 }
 
 /// Awaits `get`, recording its latency and checking it against `deadline`.
-async fn timed_get(
+async fn timed_get<'p>(
     ctx: &Ctx,
     tally: &mut Tally,
     deadline: Duration,
-    get: impl Future<Output = GetResult>,
-) -> Option<Guard> {
+    get: impl Future<Output = GetResult<'p>>,
+) -> Option<Guard<'p>> {
     let start = Instant::now();
     let result = get.await;
     let elapsed = start.elapsed();
@@ -657,7 +657,7 @@ async fn timed_get(
 
 /// Holds a checked-out connection, then lets it go in one of the ways a caller can, possibly
 /// by panicking (deliberately).
-async fn hold(ctx: &Ctx, rng: &mut fastrand::Rng, mut guard: Guard) {
+async fn hold(ctx: &Ctx, rng: &mut fastrand::Rng, mut guard: Guard<'_>) {
     {
         let held = Exclusive::enter(&guard, Holder::Task);
         match rng.u32(0..100) {

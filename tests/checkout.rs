@@ -108,6 +108,29 @@ async fn mark_broken_destroys_on_return() {
 }
 
 #[tokio::test]
+async fn an_owned_guard_can_move_into_a_spawned_task_and_still_returns() {
+    let (pool, manager) = pool(2);
+    let conn = pool.get_connection_owned().await.unwrap();
+    let id = conn.id;
+    // 'static: it outlives this borrow of `pool`.
+    tokio::spawn(async move { drop(conn) }).await.unwrap();
+    assert_eq!(pool.status().idle, 1, "returned by the task");
+    let again = pool.get_connection().await.unwrap();
+    assert_eq!(again.id, id);
+
+    // `into_owned` keeps the guard's state: a broken mark still destroys on return.
+    let mut conn = again;
+    conn.mark_broken();
+    let conn = conn.into_owned();
+    assert!(conn.is_marked_broken());
+    drop(conn);
+    let status = pool.status();
+    assert_eq!((status.size, status.idle), (0, 0));
+    assert_eq!(status.counters.destroyed.broken, 1);
+    assert_eq!(manager.counts.live(), 0);
+}
+
+#[tokio::test]
 async fn has_broken_is_checked_on_return() {
     let (pool, manager) = pool(2);
     let a = pool.get_connection().await.unwrap();
@@ -264,7 +287,7 @@ fn works_without_any_runtime() {
 fn handles_and_guards_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ConnectionPool<TestManager>>();
-    assert_send_sync::<connection_pool::PooledConnection<TestManager>>();
+    assert_send_sync::<connection_pool::PooledConnection<'static, TestManager>>();
     fn assert_send<T: Send>(_: &T) {}
     let pool = ConnectionPool::builder(TestManager::new())
         .no_runtime()

@@ -22,7 +22,7 @@ fn builder(manager: &TestManager, clock: &Arc<ManualClock>) -> Builder<TestManag
 async fn check_out(
     pool: &ConnectionPool<TestManager>,
     n: usize,
-) -> Vec<PooledConnection<TestManager>> {
+) -> Vec<PooledConnection<'_, TestManager>> {
     let mut held = Vec::new();
     for _ in 0..n {
         held.push(pool.get_connection().await.unwrap());

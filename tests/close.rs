@@ -94,7 +94,8 @@ async fn dropping_the_last_handle_closes_the_pool_and_ends_cleanup() {
         .build()
         .unwrap();
     let second_handle = pool.clone();
-    let guard = pool.get_connection().await.unwrap();
+    // Owned: a borrowed guard could not outlive its handle.
+    let guard = pool.get_connection_owned().await.unwrap();
     drop(pool.get_connection().await.unwrap());
     assert_eq!(running(&spawned), 1, "the cleanup task runs");
     drop(pool);

@@ -111,6 +111,20 @@ async fn a_long_hold_returned_before_the_watcher_looks_is_reported_on_return() {
 }
 
 #[tokio::test]
+async fn an_owned_checkout_is_watched_from_its_own_call_site() {
+    let (pool, clock, _) = pool("owned", Some(Duration::from_secs(10)));
+    let line = line!() + 1;
+    let held = pool.get_connection_owned().await.unwrap();
+    let site = format!("tests/leaks.rs:{line}:");
+    let made_owned = pool.get_connection().await.unwrap().into_owned();
+    clock.advance(Duration::from_secs(11));
+    drop(held);
+    drop(made_owned);
+    assert_eq!(pool.status().counters.leaks, 2, "each checkout once");
+    assert_eq!(warnings_mentioning(&site), 1, "the warning names {site}");
+}
+
+#[tokio::test]
 async fn leak_detection_off_spawns_nothing_and_reports_nothing() {
     let (pool, clock, spawned) = pool("quiet", None);
     let held = pool.get_connection().await.unwrap();

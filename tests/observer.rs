@@ -112,6 +112,29 @@ async fn every_event_reaches_the_observer_with_its_duration() {
     assert!(summary.contains("broken 1"), "{summary}");
 }
 
+#[tokio::test]
+async fn an_owned_guard_reports_one_return_with_the_whole_hold_time() {
+    let clock = ManualClock::new();
+    let recorder = Arc::new(Recorder::default());
+    let pool = ConnectionPool::builder(TestManager::new())
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .observer(Arc::clone(&recorder))
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    let conn = pool.get_connection().await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let conn = conn.into_owned();
+    clock.advance(Duration::from_secs(3));
+    drop(conn);
+    assert_eq!(
+        recorder.events(),
+        ["create 0ns", "checkout 0ns", "return 5s"],
+        "making the guard owned is not a return"
+    );
+}
+
 /// Sends each event to several observers.
 struct Fanout(Vec<Arc<dyn PoolObserver>>);
 

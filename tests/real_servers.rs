@@ -60,7 +60,7 @@ struct Load {
 async fn load<M, F, Fut>(pool: &ConnectionPool<M>, counts: &Arc<Counts>, op: F) -> Load
 where
     M: ConnectionManager,
-    F: Fn(PooledConnection<M>, usize) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(PooledConnection<'static, M>, usize) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
 {
     let op_errors = Arc::new(AtomicUsize::new(0));
@@ -76,7 +76,7 @@ where
                     let mut attempt = 0;
                     loop {
                         attempt += 1;
-                        let outcome = match pool.get_connection().await {
+                        let outcome = match pool.get_connection_owned().await {
                             Ok(conn) => op(conn, n).await.inspect_err(|_| {
                                 op_errors.fetch_add(1, Ordering::SeqCst);
                             }),
@@ -127,7 +127,10 @@ fn ms(d: Duration) -> u128 {
 }
 
 /// One Redis operation: `INCR` a shared counter, `SET` and `GET` a key of its own.
-async fn redis_op(mut conn: PooledConnection<RedisManager>, n: usize) -> Result<(), String> {
+async fn redis_op(
+    mut conn: PooledConnection<'static, RedisManager>,
+    n: usize,
+) -> Result<(), String> {
     let key = format!("smoke:{n}");
     let run = async {
         redis::cmd("INCR")
@@ -256,7 +259,10 @@ async fn redis_pool_runs_commands_and_recovers_from_a_restart() {
 }
 
 /// One PostgreSQL operation: a parameterised query whose answer depends on `n`.
-async fn postgres_op(conn: PooledConnection<PostgresManager>, n: usize) -> Result<(), String> {
+async fn postgres_op(
+    conn: PooledConnection<'static, PostgresManager>,
+    n: usize,
+) -> Result<(), String> {
     let n = i32::try_from(n).expect("a small n");
     match conn.query_one("SELECT $1::int4 + 1", &[&n]).await {
         Ok(row) => {
@@ -457,6 +463,7 @@ async fn redis_admin_commands_reach_the_server() {
     let s = Arc::clone(&server);
     blocking(move || s.restart()).await;
     let conn = unauthed.get_connection().await.unwrap();
-    drop((conn, unauthed, authed));
+    drop(conn);
+    drop((unauthed, authed));
     assert_eq!(counts.live(), 0);
 }

@@ -212,12 +212,19 @@ pub fn pool_connecting(
 }
 
 /// The result type of a `get` in a model.
-pub type GetResult = Result<connection_pool::PooledConnection<ModelManager>, PoolError<ModelError>>;
+pub type GetResult<'a> =
+    Result<connection_pool::PooledConnection<'a, ModelManager>, PoolError<ModelError>>;
 
 /// Runs a `get` to completion on the current loom thread. A get that can never complete makes
 /// loom report a deadlock, which is how the models detect lost wake-ups.
-pub fn get(pool: &ConnectionPool<ModelManager>) -> GetResult {
+pub fn get(pool: &ConnectionPool<ModelManager>) -> GetResult<'_> {
     loom::future::block_on(pool.get_connection())
+}
+
+/// [`get`] with a guard that does not borrow `pool`, for guards that cross threads or
+/// outlive the handle.
+pub fn get_owned(pool: &ConnectionPool<ModelManager>) -> GetResult<'static> {
+    loom::future::block_on(pool.get_connection_owned())
 }
 
 /// Polls `future` once and drops it: a `get` cancelled, or timed out, at its first await.

@@ -7,7 +7,7 @@
 
 use connection_pool::PoolError;
 use connection_pool_loom_tests::{
-    Create, ModelManager, check, get, poll_once_then_drop, pool, pool_connecting,
+    Create, ModelManager, check, get, get_owned, poll_once_then_drop, pool, pool_connecting,
 };
 use loom::thread;
 use std::time::{Duration, Instant};
@@ -59,7 +59,7 @@ fn m2_two_returns_wake_two_waiters() {
             .map(|_| {
                 let pool = pool.clone();
                 thread::spawn(move || {
-                    let conn = get(&pool).expect("a returned connection");
+                    let conn = get_owned(&pool).expect("a returned connection");
                     conn.claim();
                     assert!(pool.manager().counts.live() <= 2);
                     conn
@@ -312,7 +312,7 @@ fn m7a_close_races_a_return_and_a_waiter() {
     check("m7a close, return, waiter", || {
         let pool = pool(1, ModelManager::new(&[]));
         let counts = pool.manager().counts.clone();
-        let held = get(&pool).unwrap();
+        let held = get_owned(&pool).unwrap();
 
         let waiter = {
             let pool = pool.clone();
@@ -344,7 +344,8 @@ fn m7b_dropping_the_last_handle_races_a_return() {
     check("m7b last handle, return", || {
         let pool = pool(2, ModelManager::new(&[]));
         let counts = pool.manager().counts.clone();
-        let held = get(&pool).unwrap();
+        // Owned: the one kind of guard that can outlive every handle.
+        let held = get_owned(&pool).unwrap();
         drop(get(&pool).unwrap()); // one idle connection for the close to drain
 
         let returner = thread::spawn(move || drop(held));
@@ -400,7 +401,7 @@ fn m9_a_finished_creation_wakes_a_getter_held_back_by_max_connecting() {
         // Both keep their connections, so neither can be rescued by the other's return.
         let other = {
             let pool = pool.clone();
-            thread::spawn(move || get(&pool).expect("served"))
+            thread::spawn(move || get_owned(&pool).expect("served"))
         };
         let mine = get(&pool).expect("served");
         let other = other.join().unwrap();
@@ -424,7 +425,7 @@ fn m10_a_queued_abandoned_wait_slot_is_not_reused() {
     check("m10 wait slot reuse", || {
         let pool = pool(1, ModelManager::new(&[]));
         let counts = pool.manager().counts.clone();
-        let held = get(&pool).unwrap();
+        let held = get_owned(&pool).unwrap();
 
         let waiter = {
             let pool = pool.clone();
