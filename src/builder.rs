@@ -149,7 +149,9 @@ impl<M: ConnectionManager> Builder<M> {
 
     /// Sends the pool's events (creates, checkouts with their wait, returns with their hold
     /// time, timeouts, destroys) to `observer`. Pass an `Arc` to keep a handle to it, as with
-    /// [`HistogramObserver`](crate::HistogramObserver). Without one, nothing is measured.
+    /// [`HistogramObserver`](crate::HistogramObserver). Without one, nothing is measured. With
+    /// one, each checkout records its time in a small heap record (one allocation), which the
+    /// return reads for the hold time; without one the guard carries no record at all.
     pub fn observer(mut self, observer: impl PoolObserver) -> Self {
         self.observer = Some(Box::new(observer));
         self

@@ -4,18 +4,38 @@ use crate::{clock::Stamp, leak::Checkout, manager::ConnectionManager, pool::Shar
 use std::{
     borrow::Cow,
     fmt,
+    num::NonZeroU64,
     ops::{Deref, DerefMut},
-    time::Instant,
 };
 
 /// A connection plus the timestamps the pool needs to expire it.
 pub(crate) struct Conn<C> {
     /// The user's connection.
     pub(crate) raw: C,
-    /// When `max_lifetime` (less its jitter) runs out; `Stamp::MAX` without a lifetime.
-    pub(crate) expires_at: Stamp,
+    /// When `max_lifetime` (less its jitter) runs out; `Stamp::MAX` without a lifetime. Never
+    /// zero, so that `Option<Conn>` in the guard needs no tag word of its own: the guard is
+    /// moved on every checkout, and each word of it showed up in the get+drop time.
+    expires_at: NonZeroU64,
     /// When the connection was last put into the idle queue (or created).
     pub(crate) idle_since: Stamp,
+}
+
+impl<C> Conn<C> {
+    /// A connection created at `now` that expires at `expires_at`.
+    pub(crate) fn new(raw: C, now: Stamp, expires_at: Stamp) -> Self {
+        Self {
+            raw,
+            // A stamp of zero is the clock's first nanosecond: one later makes no difference.
+            expires_at: NonZeroU64::new(expires_at).unwrap_or(NonZeroU64::MIN),
+            idle_since: now,
+        }
+    }
+
+    /// Whether `max_lifetime` has run out at `now`.
+    #[inline]
+    pub(crate) fn expired(&self, now: Stamp) -> bool {
+        self.expires_at.get() <= now
+    }
 }
 
 /// A connection checked out of a [`ConnectionPool`](crate::ConnectionPool).
@@ -47,25 +67,22 @@ pub struct PooledConnection<'a, M: ConnectionManager> {
     shared: Cow<'a, Arc<Shared<M>>>,
     /// Set by `mark_broken`: destroy instead of returning.
     broken: bool,
-    /// The leak-detection record of this checkout, when leak detection is on.
-    leak: Option<Arc<Checkout>>,
-    /// When it was checked out, kept only for an observer's hold time.
-    checked_out_at: Option<Instant>,
+    /// The record of this checkout, only when leak detection or an observer is on: one pointer,
+    /// so that the guard (moved on every checkout) stays small when both are off.
+    checkout: Option<Arc<Checkout>>,
 }
 
 impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
     pub(crate) fn new(
         shared: &'a Arc<Shared<M>>,
         conn: Conn<M::Connection>,
-        leak: Option<Arc<Checkout>>,
-        checked_out_at: Option<Instant>,
+        checkout: Option<Arc<Checkout>>,
     ) -> Self {
         Self {
             conn: Some(conn),
             shared: Cow::Borrowed(shared),
             broken: false,
-            leak,
-            checked_out_at,
+            checkout,
         }
     }
 
@@ -99,17 +116,32 @@ impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
             conn: self.conn.take(),
             shared: Cow::Owned(Arc::clone(&self.shared)),
             broken: self.broken,
-            leak: self.leak.take(),
-            checked_out_at: self.checked_out_at.take(),
+            checkout: self.checkout.take(),
         }
     }
 
-    /// Tells leak detection the connection is back (or gone).
-    fn end_watch(&mut self) {
-        if let (Some(record), Some(watch)) = (self.leak.take(), &self.shared.leaks) {
-            if watch.returned(&record, self.shared.now(), &self.shared.config.name) {
-                crate::status::Stats::bump(&self.shared.stats.leaks);
+    /// Tells leak detection and the observer that the connection is back (or gone).
+    #[inline]
+    fn end_checkout(&mut self) {
+        if let Some(record) = self.checkout.take() {
+            self.checkout_ended(&record);
+        }
+    }
+
+    /// [`end_checkout`](Self::end_checkout) with a record; out of line, so that the common
+    /// return path (no leak detection, no observer) stays small.
+    #[cold]
+    #[inline(never)]
+    fn checkout_ended(&self, record: &Checkout) {
+        let shared = &**self.shared;
+        let now = shared.now();
+        if let Some(watch) = &shared.leaks {
+            if watch.returned(record, now, &shared.config.name) {
+                crate::status::Stats::bump(&shared.stats.leaks);
             }
+        }
+        if let Some(observer) = &shared.observer {
+            observer.on_return(now.saturating_duration_since(record.at()));
         }
     }
 
@@ -118,7 +150,7 @@ impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
     /// Its slot is freed at once, so the pool may create a replacement; the connection is no
     /// longer counted, expired or closed by the pool.
     pub fn detach(mut self) -> M::Connection {
-        self.end_watch();
+        self.end_checkout();
         let conn = self.conn.take().expect("connection present until drop");
         self.shared.detach(conn)
     }
@@ -160,10 +192,7 @@ impl<M: ConnectionManager> DerefMut for PooledConnection<'_, M> {
 
 impl<M: ConnectionManager> Drop for PooledConnection<'_, M> {
     fn drop(&mut self) {
-        self.end_watch();
-        if let (Some(at), Some(observer)) = (self.checked_out_at, &self.shared.observer) {
-            observer.on_return(self.shared.now().saturating_duration_since(at));
-        }
+        self.end_checkout();
         if let Some(conn) = self.conn.take() {
             self.shared.recycle(conn, self.broken);
         }

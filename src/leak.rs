@@ -8,7 +8,8 @@
 //! holding only a weak reference to the pool, wakes every half threshold, moves new records
 //! into its own list (which stays in checkout order), drops the returned ones and warns about
 //! those held too long. When the threshold is not set none of this exists: the checkout path
-//! pays one `Option` check.
+//! pays one `Option` check. (An observer alone also gets a record per checkout, for the hold
+//! time it is told on return, but nothing watches it.)
 
 use crate::sync::{Arc, AtomicBool, LeakQueue, Ordering};
 use std::{
@@ -16,12 +17,29 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// One checkout under watch.
+/// One checkout, recorded when leak detection or an observer is on: when and where it
+/// happened, and (for leak detection) whether it is back and was warned about.
 pub(crate) struct Checkout {
     at: Instant,
     location: &'static Location<'static>,
     returned: AtomicBool,
     warned: AtomicBool,
+}
+
+impl Checkout {
+    pub(crate) fn new(at: Instant, location: &'static Location<'static>) -> Arc<Self> {
+        Arc::new(Self {
+            at,
+            location,
+            returned: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
+        })
+    }
+
+    /// When the connection was checked out.
+    pub(crate) fn at(&self) -> Instant {
+        self.at
+    }
 }
 
 /// The records of checkouts not yet looked at by the watcher.
@@ -45,20 +63,9 @@ impl LeakWatch {
         (self.threshold / 2).max(Duration::from_millis(1))
     }
 
-    /// Starts watching a checkout made now at `location`.
-    pub(crate) fn track(
-        &self,
-        now: Instant,
-        location: &'static Location<'static>,
-    ) -> Arc<Checkout> {
-        let record = Arc::new(Checkout {
-            at: now,
-            location,
-            returned: AtomicBool::new(false),
-            warned: AtomicBool::new(false),
-        });
-        self.records.push(Arc::clone(&record));
-        record
+    /// Starts watching a checkout.
+    pub(crate) fn watch(&self, record: &Arc<Checkout>) {
+        self.records.push(Arc::clone(record));
     }
 
     /// Marks a checkout returned, warning if it was held too long and nobody warned yet (the

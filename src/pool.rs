@@ -73,7 +73,7 @@ use crate::{
     connection::{Conn, PooledConnection},
     error::PoolError,
     governor::Governor,
-    leak::LeakWatch,
+    leak::{Checkout, LeakWatch},
     manager::ConnectionManager,
     observer::{CreateFailure, PoolObserver},
     runtime::Runtime,
@@ -249,17 +249,13 @@ impl<M: ConnectionManager> Shared<M> {
             let jitter = lifetime.mul_f64(fastrand::f64() * 0.025);
             now.saturating_add(clock::nanos(lifetime - jitter))
         });
-        Conn {
-            raw,
-            expires_at,
-            idle_since: now,
-        }
+        Conn::new(raw, now, expires_at)
     }
 
     /// Why an idle connection must not be handed out any more, if it must not.
     #[inline]
     pub(crate) fn expiry(&self, conn: &Conn<M::Connection>, now: Stamp) -> Option<DestroyReason> {
-        if conn.expires_at <= now {
+        if conn.expired(now) {
             return Some(DestroyReason::MaxLifetime);
         }
         // Connections up to `min_idle` are kept warm however long they wait.
@@ -394,7 +390,7 @@ impl<M: ConnectionManager> Shared<M> {
             return;
         }
         let now = self.stamp();
-        if conn.expires_at <= now {
+        if conn.expired(now) {
             self.destroy(conn, DestroyReason::MaxLifetime);
             return;
         }
@@ -532,7 +528,7 @@ impl<M: ConnectionManager> Shared<M> {
         begun: Option<Instant>,
     ) -> PooledConnection<'a, M> {
         if this.leaks.is_none() && this.observer.is_none() {
-            return PooledConnection::new(this, conn, None, None);
+            return PooledConnection::new(this, conn, None);
         }
         Self::hand_out_tracked(this, conn, location, begun)
     }
@@ -547,13 +543,15 @@ impl<M: ConnectionManager> Shared<M> {
         begun: Option<Instant>,
     ) -> PooledConnection<'a, M> {
         let now = this.now();
-        let leak = this.leaks.as_ref().map(|watch| watch.track(now, location));
-        let checked_out_at = this.observer.as_ref().map(|observer| {
+        let record = Checkout::new(now, location);
+        if let Some(watch) = &this.leaks {
+            watch.watch(&record);
+        }
+        if let Some(observer) = &this.observer {
             observer
                 .on_checkout(begun.map_or(Duration::ZERO, |b| now.saturating_duration_since(b)));
-            now
-        });
-        PooledConnection::new(this, conn, leak, checked_out_at)
+        }
+        PooledConnection::new(this, conn, Some(record))
     }
 
     pub(crate) fn status(&self) -> Status {
