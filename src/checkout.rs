@@ -86,11 +86,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
         &self,
     ) -> impl Future<Output = Result<PooledConnection<'static, M>, PoolError<M::Error>>> + Send + '_
     {
-        let checkout = GetConnection::new(
-            &self.shared,
-            self.shared.config.wait_timeout,
-            Location::caller(),
-        );
+        let checkout = self.get_connection();
         async move { checkout.await.map(PooledConnection::into_owned) }
     }
 
