@@ -302,11 +302,10 @@ impl<'a, M: ConnectionManager> Future for GetConnection<'a, M> {
             location,
         } = *state
         {
+            // Done before the checkout, so that the guard is built straight into the output.
+            *state = GetState::Done;
             match fast_checkout(shared, location) {
-                Ok(conn) => {
-                    *state = GetState::Done;
-                    return Poll::Ready(Ok(conn));
-                }
+                Ok(conn) => return Poll::Ready(Ok(conn)),
                 Err(pending) => {
                     *state =
                         GetState::Slow(Box::pin(checkout(shared, wait_timeout, location, pending)));

@@ -8,13 +8,12 @@ use std::{
     ops::{Deref, DerefMut},
 };
 
-/// A connection plus the timestamps the pool needs to expire it.
+/// An idle connection: the connection, its expiry, and since when it has been idle.
 pub(crate) struct Conn<C> {
     /// The user's connection.
     pub(crate) raw: C,
     /// When `max_lifetime` (less its jitter) runs out; `Stamp::MAX` without a lifetime. Never
-    /// zero, so that `Option<Conn>` in the guard needs no tag word of its own: the guard is
-    /// moved on every checkout, and each word of it showed up in the get+drop time.
+    /// zero, so that `Option<InUse>` in the guard needs no tag word of its own.
     expires_at: NonZeroU64,
     /// When the connection was last put into the idle queue (or created).
     pub(crate) idle_since: Stamp,
@@ -35,6 +34,43 @@ impl<C> Conn<C> {
     #[inline]
     pub(crate) fn expired(&self, now: Stamp) -> bool {
         self.expires_at.get() <= now
+    }
+
+    /// The connection as a guard holds it: the idle stamp is rewritten on return anyway.
+    #[inline]
+    pub(crate) fn check_out(self) -> InUse<C> {
+        InUse {
+            raw: self.raw,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// A checked-out connection and its expiry: two words for a word-sized connection, so that
+/// it travels in registers from the guard to the return path. Each word more (and the stack
+/// copies it forced, which stalled store forwarding) showed in the get+drop time.
+pub(crate) struct InUse<C> {
+    /// The user's connection.
+    pub(crate) raw: C,
+    /// As [`Conn`]'s.
+    expires_at: NonZeroU64,
+}
+
+impl<C> InUse<C> {
+    /// Whether `max_lifetime` has run out at `now`.
+    #[inline]
+    pub(crate) fn expired(&self, now: Stamp) -> bool {
+        self.expires_at.get() <= now
+    }
+
+    /// The connection as it goes back into the idle queue at `now`.
+    #[inline]
+    pub(crate) fn idle_from(self, now: Stamp) -> Conn<C> {
+        Conn {
+            raw: self.raw,
+            expires_at: self.expires_at,
+            idle_since: now,
+        }
     }
 }
 
@@ -62,7 +98,7 @@ impl<C> Conn<C> {
 pub struct PooledConnection<'a, M: ConnectionManager> {
     /// `Some` from checkout until `Drop` or `detach` takes it; it owns one slot of the pool's
     /// size counter.
-    conn: Option<Conn<M::Connection>>,
+    conn: Option<InUse<M::Connection>>,
     /// The pool the connection goes back to: borrowed from the handle, or owned.
     shared: Cow<'a, Arc<Shared<M>>>,
     /// Set by `mark_broken`: destroy instead of returning.
@@ -79,7 +115,7 @@ impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
         checkout: Option<Arc<Checkout>>,
     ) -> Self {
         Self {
-            conn: Some(conn),
+            conn: Some(conn.check_out()),
             shared: Cow::Borrowed(shared),
             broken: false,
             checkout,
@@ -167,7 +203,7 @@ impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
         self.broken
     }
 
-    fn conn(&self) -> &Conn<M::Connection> {
+    fn conn(&self) -> &InUse<M::Connection> {
         self.conn.as_ref().expect("connection present until drop")
     }
 }

@@ -70,7 +70,7 @@ use crate::{
     capacity::Capacity,
     clock::{self, Stamp},
     config::{Config, ValidationPolicy},
-    connection::{Conn, PooledConnection},
+    connection::{Conn, InUse, PooledConnection},
     error::PoolError,
     governor::Governor,
     leak::{Checkout, LeakWatch},
@@ -297,8 +297,8 @@ impl<M: ConnectionManager> Shared<M> {
         }
     }
 
-    /// Drops a connection, then gives its slot back.
-    pub(crate) fn destroy(&self, conn: Conn<M::Connection>, reason: DestroyReason) {
+    /// Drops a connection (idle or checked out), then gives its slot back.
+    pub(crate) fn destroy<C>(&self, conn: C, reason: DestroyReason) {
         drop(conn);
         self.destroyed(reason);
     }
@@ -362,7 +362,7 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// The return path of `PooledConnection::drop`: synchronous, bounded, no I/O, no spawning.
-    pub(crate) fn recycle(&self, conn: Conn<M::Connection>, broken: bool) {
+    pub(crate) fn recycle(&self, conn: InUse<M::Connection>, broken: bool) {
         if std::thread::panicking() {
             self.destroy(conn, DestroyReason::Panicked);
             return;
@@ -394,8 +394,7 @@ impl<M: ConnectionManager> Shared<M> {
             self.destroy(conn, DestroyReason::MaxLifetime);
             return;
         }
-        conn.idle_since = now;
-        self.give(conn);
+        self.give(conn.idle_from(now));
         log::trace!(
             "{}: connection returned; idle {}",
             self.config.name,
@@ -404,7 +403,7 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Takes a checked-out connection out of the pool's accounting for good.
-    pub(crate) fn detach(&self, conn: Conn<M::Connection>) -> M::Connection {
+    pub(crate) fn detach(&self, conn: InUse<M::Connection>) -> M::Connection {
         Stats::bump(&self.stats.detached);
         self.release_slot();
         log::debug!("{}: connection detached", self.config.name);
