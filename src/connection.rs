@@ -246,3 +246,34 @@ where
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    struct Words;
+
+    impl ConnectionManager for Words {
+        type Connection = u64;
+        type Error = Infallible;
+
+        async fn create_connection(&self) -> Result<u64, Infallible> {
+            Ok(0)
+        }
+
+        async fn is_valid(&self, _conn: &mut u64) -> Result<(), Infallible> {
+            Ok(())
+        }
+    }
+
+    /// The guard is moved on every checkout and its connection passed to the return path;
+    /// each word more, and a connection no longer fitting two registers, showed in the
+    /// get+drop time (see `benches/peers`).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_word_sized_connection_travels_in_two_words_and_its_guard_in_six() {
+        assert_eq!(size_of::<Option<InUse<u64>>>(), 16);
+        assert_eq!(size_of::<PooledConnection<'_, Words>>(), 48);
+    }
+}
