@@ -9,13 +9,13 @@
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    Arc, Mutex, Weak,
+    Arc, Mutex, MutexGuard, Weak,
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
 };
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    Arc, Mutex,
+    Arc, Mutex, MutexGuard,
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
 };
 

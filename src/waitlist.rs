@@ -20,7 +20,7 @@
 //! exactly. A waiter that is cancelled after being served hands the connection on; one that is
 //! cancelled after being woken wakes the next waiter, so no hand-off or wake-up is lost.
 
-use crate::sync::{Arc, AtomicUsize, IdleQueue, Ordering, WaitQueue, fence};
+use crate::sync::{Arc, AtomicUsize, IdleQueue, Mutex, Ordering, WaitQueue, fence};
 use event_listener::{Event, EventListener};
 
 const WAITING: usize = 0;
@@ -33,7 +33,7 @@ pub(crate) struct WaitSlot<C> {
     /// `WAITING`, then one of `SERVED`, `WOKEN`, `ABANDONED`, for good.
     state: AtomicUsize,
     /// The handed-off connection: filled just before `state` becomes `SERVED`.
-    conn: IdleQueue<C>,
+    conn: HandOff<C>,
     /// Notified once when `state` leaves `WAITING` by hand-off or wake-up.
     event: Event,
 }
@@ -54,7 +54,7 @@ impl<C> WaitSlot<C> {
     fn new() -> Self {
         Self {
             state: AtomicUsize::new(WAITING),
-            conn: IdleQueue::new(1),
+            conn: HandOff::new(),
             event: Event::new(),
         }
     }
@@ -76,8 +76,52 @@ impl<C> WaitSlot<C> {
 
     fn take_served(&self) -> C {
         self.conn
-            .pop()
+            .take()
             .expect("a served slot holds its connection until the waiter takes it")
+    }
+}
+
+/// The cell a connection is handed over in: filled by the producer before it moves the slot
+/// out of `WAITING`, emptied by whichever side the state then says owns the connection (the
+/// waiter if `SERVED`, else the producer taking it back). The state machine keeps the two
+/// apart in time, so the lock is never contended; it is there to keep this safe code. It sits
+/// in the slot's own allocation, next to `state`, where a one-place `ArrayQueue` took two
+/// padded cache lines plus a buffer of its own, each a cache miss on a hand-off between cores.
+struct HandOff<C> {
+    cell: Mutex<Option<C>>,
+}
+
+impl<C> HandOff<C> {
+    fn new() -> Self {
+        Self {
+            cell: Mutex::new(None),
+        }
+    }
+
+    /// Fills the cell, or gives `conn` back if it is already full.
+    fn put(&self, conn: C) -> Result<(), C> {
+        let mut cell = self.lock();
+        if cell.is_some() {
+            return Err(conn);
+        }
+        *cell = Some(conn);
+        Ok(())
+    }
+
+    fn take(&self) -> Option<C> {
+        self.lock().take()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    /// No code that can panic runs under the lock, so it is never poisoned; if it were, the
+    /// `Option` inside is still whole.
+    fn lock(&self) -> crate::sync::MutexGuard<'_, Option<C>> {
+        self.cell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -169,7 +213,7 @@ impl<C> WaitList<C> {
         while let Some(slot) = self.queue.pop() {
             // The connection goes in before the swap, so a served waiter always finds it; if
             // the swap fails the waiter never touches it and it is taken back.
-            if let Err(back) = slot.conn.push(conn) {
+            if let Err(back) = slot.conn.put(conn) {
                 conn = back;
                 continue;
             }
@@ -234,8 +278,10 @@ impl<C> WaitList<C> {
         };
         // A served connection was taken by the waiter or passed on, one offered to an abandoned
         // slot taken back: none is left to hand to the next waiter.
-        let left = unique.conn.pop();
-        debug_assert!(left.is_none(), "a finished slot holds no connection");
+        debug_assert!(
+            unique.conn.is_empty(),
+            "a finished slot holds no connection"
+        );
         unique.state = AtomicUsize::new(WAITING);
         let _ = self.spare.push(Arc::clone(slot));
     }
