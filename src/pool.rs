@@ -369,7 +369,8 @@ impl<M: ConnectionManager> Shared<M> {
     fn parked(&self) {
         loop {
             // Pairs with the fence a new waiter issues between publishing its place and looking
-            // at the idle queue, and with the one in `close` (see "Wake-up protocol").
+            // at the idle queue, and with the one in `close` (see "Lost wake-ups" and
+            // "Closing" above).
             fence(Ordering::SeqCst);
             if self.closed.load(Ordering::SeqCst) {
                 self.drain_idle();
