@@ -209,9 +209,6 @@ impl<M: ConnectionManager> Drop for Queued<'_, M> {
                 Resolution::Waiting | Resolution::Abandoned => {}
             }
         }
-        // The slot is done with: no listener of ours may outlive its reuse.
-        self.listener = None;
-        self.shared.waitlist.recycle(&mut self.slot);
     }
 }
 
