@@ -310,7 +310,7 @@ impl<'a, M: ConnectionManager> Future for GetConnection<'a, M> {
             }
         }
         let GetState::Slow(slow) = state else {
-            panic!("`get_connection` future polled after it completed");
+            panic!("`get_connection` future polled after it completed or panicked");
         };
         let outcome = std::task::ready!(slow.as_mut().poll(cx));
         // Drop the slow path's state (its place in line, its timers) now.
@@ -328,8 +328,10 @@ fn fast_checkout<'a, M: ConnectionManager>(
     if shared.is_closed() || shared.waitlist.waiting() > 0 {
         return Err(None);
     }
-    let conn = shared.idle.pop().ok_or(None)?;
+    // The clock before the pop: a custom runtime's clock that panicked with a connection in
+    // hand would lose its slot.
     let now = shared.stamp();
+    let conn = shared.idle.pop().ok_or(None)?;
     if shared.expiry(&conn, now).is_some() || shared.needs_validation(&conn, now) {
         return Err(Some(conn));
     }

@@ -8,7 +8,8 @@ use std::{
     ops::{Deref, DerefMut},
 };
 
-/// An idle connection: the connection, its expiry, and since when it has been idle.
+/// A connection the pool holds outside any guard (idle, just created, being validated or
+/// handed to a waiter): the connection, its expiry, and since when it has been idle.
 pub(crate) struct Conn<C> {
     /// The user's connection.
     pub(crate) raw: C,
@@ -45,6 +46,15 @@ impl<C> Conn<C> {
         }
     }
 }
+
+/// A value that owns one slot of the pool's size counter: a connection the pool holds, or one
+/// a guard holds. `Shared::destroy` takes only these, so that
+/// it never gives back the slot of a connection that still lives elsewhere.
+pub(crate) trait OwnsSlot {}
+
+impl<C> OwnsSlot for Conn<C> {}
+
+impl<C> OwnsSlot for InUse<C> {}
 
 /// A checked-out connection and its expiry: two words for a word-sized connection, so that
 /// it travels in registers from the guard to the return path. Each word more (and the stack
@@ -120,6 +130,11 @@ impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
             broken: false,
             checkout,
         }
+    }
+
+    /// Attaches the record of this checkout (leak detection, observer).
+    pub(crate) fn track(&mut self, record: Arc<Checkout>) {
+        self.checkout = Some(record);
     }
 
     /// Turns this guard into one that does not borrow the pool handle, so that it can be kept

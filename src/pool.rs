@@ -70,7 +70,7 @@ use crate::{
     capacity::Capacity,
     clock::{self, Stamp},
     config::{Config, ValidationPolicy},
-    connection::{Conn, InUse, PooledConnection},
+    connection::{Conn, InUse, OwnsSlot, PooledConnection},
     error::PoolError,
     governor::Governor,
     leak::{Checkout, LeakWatch},
@@ -298,7 +298,7 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Drops a connection (idle or checked out), then gives its slot back.
-    pub(crate) fn destroy<C>(&self, conn: C, reason: DestroyReason) {
+    pub(crate) fn destroy(&self, conn: impl OwnsSlot, reason: DestroyReason) {
         drop(conn);
         self.destroyed(reason);
     }
@@ -334,26 +334,26 @@ impl<M: ConnectionManager> Shared<M> {
             self.give_to_waiter(conn);
             return;
         }
-        self.park(conn);
+        self.push_idle(conn);
     }
 
     /// [`give`](Self::give) while someone waits: to the oldest waiter, else into the queue.
     #[inline(never)]
     fn give_to_waiter(&self, conn: Conn<M::Connection>) {
         if let Err(conn) = self.waitlist.offer(conn) {
-            self.park(conn);
+            self.push_idle(conn);
         }
     }
 
     /// Puts a connection into the idle queue, then makes sure no waiter that showed up
     /// meanwhile is left waiting with it there.
     #[inline(always)]
-    fn park(&self, conn: Conn<M::Connection>) {
+    fn push_idle(&self, conn: Conn<M::Connection>) {
         if let Err(conn) = self.idle.push(conn) {
             self.overflow(conn);
             return;
         }
-        self.parked();
+        self.recheck_waiters();
     }
 
     /// Unreachable: every queued connection owns one of `max_size` slots.
@@ -366,7 +366,7 @@ impl<M: ConnectionManager> Shared<M> {
 
     /// The re-check after a push into the idle queue. Each retry consumes an entry of the wait
     /// list.
-    fn parked(&self) {
+    fn recheck_waiters(&self) {
         loop {
             // Pairs with the fence a new waiter issues between publishing its place and looking
             // at the idle queue, and with the one in `close` (see "Lost wake-ups" and
@@ -568,6 +568,11 @@ impl<M: ConnectionManager> Shared<M> {
 
     /// [`hand_out`](Self::hand_out) with leak detection or an observer on; out of line, so
     /// that the common case stays small.
+    ///
+    /// The guard comes first: if the runtime's clock or the observer (user code) panics, the
+    /// guard is dropped while unwinding, which destroys the connection and gives its slot back.
+    /// The record is attached last, so that such a guard reports no return and leaves no entry
+    /// in the leak watch.
     #[inline(never)]
     fn hand_out_tracked<'a>(
         this: &'a Arc<Self>,
@@ -575,16 +580,18 @@ impl<M: ConnectionManager> Shared<M> {
         location: &'static Location<'static>,
         begun: Option<Instant>,
     ) -> PooledConnection<'a, M> {
+        let mut guard = PooledConnection::new(this, conn, None);
         let now = this.now();
-        let record = Checkout::new(now, location);
-        if let Some(watch) = &this.leaks {
-            watch.watch(&record);
-        }
         if let Some(observer) = &this.observer {
             observer
                 .on_checkout(begun.map_or(Duration::ZERO, |b| now.saturating_duration_since(b)));
         }
-        PooledConnection::new(this, conn, Some(record))
+        let record = Checkout::new(now, location);
+        if let Some(watch) = &this.leaks {
+            watch.watch(&record);
+        }
+        guard.track(record);
+        guard
     }
 
     pub(crate) fn status(&self) -> Status {

@@ -115,3 +115,33 @@ fn a_panicking_has_broken_destroys_the_connection_and_frees_its_slot() {
         assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }
+
+/// An observer whose `on_checkout` panics.
+struct PanickyCheckouts;
+
+impl connection_pool::PoolObserver for PanickyCheckouts {
+    fn on_checkout(&self, _wait: std::time::Duration) {
+        panic!("on_checkout panics on purpose")
+    }
+}
+
+#[test]
+fn a_panicking_observer_at_checkout_destroys_the_connection_and_frees_its_slot() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(1)
+        .no_runtime()
+        .observer(PanickyCheckouts)
+        .build()
+        .unwrap();
+    for round in 1..=2 {
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            futures_lite::future::block_on(pool.get_connection()).map(|conn| conn.id)
+        }));
+        assert!(got.is_err(), "the panic reaches the caller");
+        let status = pool.status();
+        assert_eq!((status.size, status.idle), (0, 0), "round {round}");
+        assert_eq!(status.counters.destroyed.panicked, round);
+        assert_eq!(manager.counts.live(), 0, "round {round}");
+    }
+}
