@@ -1,11 +1,11 @@
 //! The one place that names the synchronisation primitives.
 //!
-//! Every atomic, `Arc` and the idle queue used by the pool come from here, so that the loom build
-//! (`RUSTFLAGS="--cfg loom"`) can swap them for loom's instrumented versions and explore their
-//! interleavings. `crossbeam_queue::ArrayQueue` is invisible to loom, so under `cfg(loom)` the idle
-//! queue is a `loom::sync::Mutex<VecDeque<T>>` with the same capacity contract. That stand-in is
-//! more strongly ordered than `ArrayQueue`: the pool's correctness must rest on its own atomics and
-//! on event-listener's fences, never on the queue's ordering.
+//! Every atomic, `Arc`, `Mutex` and the idle queue used by the pool come from here, so that the
+//! loom build (`RUSTFLAGS="--cfg loom"`) can swap them for loom's instrumented versions and
+//! explore their interleavings. `crossbeam_queue::ArrayQueue` is invisible to loom, so under
+//! `cfg(loom)` the idle queue is a `loom::sync::Mutex<VecDeque<T>>` with the same capacity
+//! contract. That stand-in is more strongly ordered than `ArrayQueue`: the pool's correctness
+//! must rest on its own atomics and on event-listener's fences, never on the queue's ordering.
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
@@ -18,6 +18,9 @@ pub(crate) use loom::sync::{
     Arc, Mutex, MutexGuard,
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
 };
+
+/// std's poisoning error, under loom too: loom's `Mutex::lock` returns std's `LockResult`.
+pub(crate) use std::sync::PoisonError;
 
 /// std's `Arc`, under loom too, for values the public API shares: the permanent creation
 /// error callers fail fast with, and observers. They are immutable or synchronise themselves,

@@ -20,7 +20,7 @@
 //! exactly. A waiter that is cancelled after being served hands the connection on; one that is
 //! cancelled after being woken wakes the next waiter, so no hand-off or wake-up is lost.
 
-use crate::sync::{Arc, AtomicUsize, Mutex, Ordering, WaitQueue, fence};
+use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering, PoisonError, WaitQueue, fence};
 use event_listener::{Event, EventListener};
 
 const WAITING: usize = 0;
@@ -83,41 +83,43 @@ impl<C> WaitSlot<C> {
 
 /// The cell a connection is handed over in: filled by the producer before it moves the slot
 /// out of `WAITING`, emptied by whichever side the state then says owns the connection (the
-/// waiter if `SERVED`, else the producer taking it back). The state machine keeps the two
-/// apart in time, so the lock is never contended; it is there to keep this safe code. It sits
-/// in the slot's own allocation, next to `state`, where a one-place `ArrayQueue` took two
-/// padded cache lines plus a buffer of its own, each a cache miss on a hand-off between cores.
+/// waiter if `SERVED`, else the producer taking it back). Only the producer that popped the
+/// slot from the queue fills it, once (each wait has a slot of its own), and the state
+/// machine keeps the two sides apart in time, so the lock is never contended; it is there to
+/// keep this safe code. It sits in the slot's own allocation, next to `state`, where a
+/// one-place `ArrayQueue` took two padded cache lines plus a buffer of its own, each a cache
+/// miss on a hand-off between cores.
 struct HandOff<C> {
+    /// The connection between the producer's `put` and the owner's `take`; `None` otherwise.
     cell: Mutex<Option<C>>,
 }
 
 impl<C> HandOff<C> {
+    /// An empty cell.
     fn new() -> Self {
         Self {
             cell: Mutex::new(None),
         }
     }
 
-    /// Fills the cell, or gives `conn` back if it is already full.
-    fn put(&self, conn: C) -> Result<(), C> {
-        let mut cell = self.lock();
-        if cell.is_some() {
-            return Err(conn);
-        }
-        *cell = Some(conn);
-        Ok(())
+    /// Fills the cell, which is empty: a slot is served at most once.
+    fn put(&self, conn: C) {
+        let previous = self.lock().replace(conn);
+        debug_assert!(
+            previous.is_none(),
+            "a wait slot was offered two connections"
+        );
     }
 
+    /// Empties the cell.
     fn take(&self) -> Option<C> {
         self.lock().take()
     }
 
     /// No code that can panic runs under the lock, so it is never poisoned; if it were, the
     /// `Option` inside is still whole.
-    fn lock(&self) -> crate::sync::MutexGuard<'_, Option<C>> {
-        self.cell
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Option<C>> {
+        self.cell.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -152,10 +154,10 @@ impl<C> WaitList<C> {
 
     /// Publishes a new slot at the back, already listened to.
     pub(crate) fn register(&self) -> (Arc<WaitSlot<C>>, EventListener) {
-        // A fresh slot each time: recycling slots through a shared queue of spares measured
-        // 8-15 % slower in the hold-mode cells where tasks wait. Its cache lines and its
-        // queue moved between cores on every wait; a fresh allocation comes from this thread's
-        // cache.
+        // A fresh slot each time: recycling slots through a shared queue of spares made the
+        // hold-mode cells where tasks wait about 10-30 % slower (the spare queue's and the
+        // recycled slot's cache lines moved between cores on every wait; a fresh allocation
+        // comes from this thread's malloc cache).
         let slot = Arc::new(WaitSlot::new());
         let listener = slot.listen();
         // Count first, publish second: a producer that sees the count but not yet the slot
@@ -203,10 +205,7 @@ impl<C> WaitList<C> {
         while let Some(slot) = self.queue.pop() {
             // The connection goes in before the swap, so a served waiter always finds it; if
             // the swap fails the waiter never touches it and it is taken back.
-            if let Err(back) = slot.conn.put(conn) {
-                conn = back;
-                continue;
-            }
+            slot.conn.put(conn);
             match slot
                 .state
                 .compare_exchange(WAITING, SERVED, Ordering::AcqRel, Ordering::Acquire)

@@ -416,13 +416,14 @@ fn m9_a_finished_creation_wakes_a_getter_held_back_by_max_connecting() {
     });
 }
 
-/// 10. Wait slots are reused, but never one still in the wait queue: a waiter gives up
-///     after its first poll (its slot stays queued, abandoned), then waits twice more,
-///     possibly in a reused slot, while the thread that serves it by hand-off waits itself.
-///     A queued slot handed out again would be served twice or strand its waiter.
+/// 10. An abandoned slot left in the wait queue is skipped: a waiter gives up after its
+///     first poll (its slot stays queued, abandoned), then waits twice more in new slots,
+///     while the thread that serves it by hand-off waits itself. A producer that served the
+///     abandoned slot would strand the connection; one that stopped at it would strand the
+///     waiter behind it.
 #[test]
-fn m10_a_queued_abandoned_wait_slot_is_not_reused() {
-    check("m10 wait slot reuse", || {
+fn m10_an_abandoned_slot_left_in_the_queue_is_skipped() {
+    check("m10 abandoned slot skipped", || {
         let pool = pool(1, ModelManager::new(&[]));
         let counts = pool.manager().counts.clone();
         let held = get_owned(&pool).unwrap();
