@@ -6,6 +6,9 @@
 //! (pop+push) both are built on, runs interleaved.
 //!
 //! Usage: `cargo run --release --example two_threads -- [THREADS] [OPS_PER_THREAD] [POOL_SIZE]`
+//!
+//! The threads are not pinned: on a machine with SMT they may share a physical core, which
+//! shares its caches. Pin them to separate cores (`taskset -c 0,2 ...`) for the cross-core cost.
 
 use connection_pool::{ConnectionPool, ValidationPolicy};
 use connection_pool_peer_benches::pools::{NoopManager, QpManager};
@@ -79,6 +82,14 @@ fn main() {
         .no_runtime()
         .build()
         .expect("valid configuration");
+    // Every contender starts with `size` idle connections: ours creates on demand, so check
+    // out `size` at once and give them back (otherwise it would run on THREADS + 1 or so,
+    // a different cache pattern from the full queues of the others).
+    let warm: Vec<_> = (0..size)
+        .map(|_| ready(pool.get_connection()).expect("the pool creates a connection"))
+        .collect();
+    drop(warm);
+    assert_eq!(pool.status().idle, size);
     let queue = ArrayQueue::new(size);
     for n in 0..size {
         queue.push(n as u64).expect("room for every connection");
