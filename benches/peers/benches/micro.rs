@@ -9,14 +9,9 @@
 //! Run with `cargo bench --bench micro` inside `benches/peers`.
 
 use connection_pool::{ConnectionPool, TokioRuntime, ValidationPolicy};
-use connection_pool_peer_benches::pools::NoopManager;
+use connection_pool_peer_benches::{poll::ready, pools::NoopManager};
 use crossbeam_queue::ArrayQueue;
 use divan::{Bencher, black_box};
-use std::{
-    future::Future,
-    pin::pin,
-    task::{Context, Poll, Waker},
-};
 
 fn main() {
     divan::main();
@@ -25,15 +20,6 @@ fn main() {
 /// Connections kept idle for the checkout-only and return-only benchmarks: each sample
 /// checks out (or returns) up to this many before putting them back.
 const BATCH: usize = 64;
-
-/// Polls `fut` once; the fast path of `get_connection` is ready at once.
-fn ready<F: Future>(fut: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(fut).poll(&mut cx) {
-        Poll::Ready(value) => value,
-        Poll::Pending => panic!("the fast path awaited"),
-    }
-}
 
 /// Which clock and timers the pool is built with.
 #[derive(Debug, Clone, Copy)]

@@ -5,23 +5,8 @@
 //! Usage: `cargo run --release --example hot_loop -- [ITERATIONS] [get|try]`
 
 use connection_pool::{ConnectionPool, ValidationPolicy};
-use connection_pool_peer_benches::pools::NoopManager;
-use std::{
-    future::Future,
-    hint::black_box,
-    pin::pin,
-    task::{Context, Poll, Waker},
-    time::Instant,
-};
-
-/// Polls a future that must be ready at once (an idle connection needs no await).
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut cx) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("get_connection waited although a connection was idle"),
-    }
-}
+use connection_pool_peer_benches::{poll::ready, pools::NoopManager};
+use std::{hint::black_box, time::Instant};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -11,26 +11,12 @@
 //! shares its caches. Pin them to separate cores (`taskset -c 0,2 ...`) for the cross-core cost.
 
 use connection_pool::{ConnectionPool, ValidationPolicy};
-use connection_pool_peer_benches::pools::{NoopManager, QpManager};
-use crossbeam_queue::ArrayQueue;
-use std::{
-    future::Future,
-    hint::black_box,
-    pin::pin,
-    sync::Barrier,
-    task::{Context, Poll, Waker},
-    thread,
-    time::Instant,
+use connection_pool_peer_benches::{
+    poll::ready,
+    pools::{NoopManager, QpManager},
 };
-
-/// Polls a future that must be ready at once (a connection is idle, or created without await).
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut cx = Context::from_waker(Waker::noop());
-    match pin!(future).poll(&mut cx) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("get_connection waited although a connection was idle"),
-    }
-}
+use crossbeam_queue::ArrayQueue;
+use std::{hint::black_box, sync::Barrier, thread, time::Instant};
 
 /// Runs `work(ops)` on `threads` threads started together; the slowest thread's ns per op.
 fn timed(threads: usize, ops: u64, work: &(dyn Fn(u64) + Sync)) -> f64 {

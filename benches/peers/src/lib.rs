@@ -11,5 +11,6 @@
 pub mod args;
 pub mod exec;
 pub mod machine;
+pub mod poll;
 pub mod pools;
 pub mod stats;
