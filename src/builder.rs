@@ -20,7 +20,8 @@ use std::{fmt, time::Duration};
 ///
 /// # Examples
 ///
-/// ```
+#[cfg_attr(feature = "tokio", doc = "```")]
+#[cfg_attr(not(feature = "tokio"), doc = "```ignore")]
 /// # use connection_pool::{ConnectionManager, ConnectionPool, TokioRuntime, ValidationPolicy};
 /// # use std::time::Duration;
 /// # struct Numbers;

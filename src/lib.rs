@@ -38,7 +38,9 @@
 //! [`TokioRuntime::from_handle`] outside the runtime. Multi-thread and current-thread
 //! runtimes both work: returning a connection never blocks or spawns.
 //!
-//! ```
+// Compiled and run where the feature is on (`cargo test --all-features`), shown either way.
+#![cfg_attr(feature = "tokio", doc = "```")]
+#![cfg_attr(not(feature = "tokio"), doc = "```ignore")]
 //! # use connection_pool::ConnectionManager;
 //! # struct Numbers;
 //! # impl ConnectionManager for Numbers {
@@ -68,7 +70,9 @@
 //! Feature `smol`; pass [`SmolRuntime::new()`](SmolRuntime::new): async-io timers, smol's
 //! global executor for the cleanup task.
 //!
-//! ```
+// Compiled and run where the feature is on (`cargo test --all-features`), shown either way.
+#![cfg_attr(feature = "smol", doc = "```")]
+#![cfg_attr(not(feature = "smol"), doc = "```ignore")]
 //! # use connection_pool::ConnectionManager;
 //! # struct Numbers;
 //! # impl ConnectionManager for Numbers {
@@ -96,7 +100,9 @@
 //! Feature `smol` as well: async-std runs on the same async-io reactor, so [`SmolRuntime`]
 //! serves it (the cleanup task runs on smol's global executor, next to async-std's).
 //!
-//! ```
+// Compiled and run where the feature is on (`cargo test --all-features`), shown either way.
+#![cfg_attr(feature = "smol", doc = "```")]
+#![cfg_attr(not(feature = "smol"), doc = "```ignore")]
 //! # use connection_pool::ConnectionManager;
 //! # struct Numbers;
 //! # impl ConnectionManager for Numbers {
@@ -298,7 +304,8 @@ pub use tcp::{
     HealthCheck, NotClosed, PingPong, TcpConnection, TcpConnectionManager, TcpConnectionPool,
 };
 
-/// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doc tests. They use `TokioRuntime` and
+/// `TcpConnectionManager`, so they run with those features (`cargo test --all-features`).
+#[cfg(all(doctest, feature = "tokio", feature = "tcp"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -1,6 +1,10 @@
 //! `max_size` is never exceeded, and no connection is held twice, under 64 concurrent tasks on
 //! every supported executor. Checked with the test manager's own live count, not the pool's.
 
+// Built only with the `tokio` and `smol` features (`cargo test --all-features`), so that a plain
+// `cargo test` builds and runs what it can.
+#![cfg(all(feature = "tokio", feature = "smol"))]
+
 mod common;
 
 use common::{Gate, TestManager};

@@ -53,6 +53,10 @@
 //! printing one line per run and stopping at the first run with a violation. Without
 //! `CHAOS_SOAK` (or with `CHAOS_SOAK=0`) the `soak` test returns at once.
 
+// Built only with the `tokio` and `smol` features (`cargo test --all-features`), so that a plain
+// `cargo test` builds and runs what it can.
+#![cfg(all(feature = "tokio", feature = "smol"))]
+
 use connection_pool::{
     ConnectionManager, ConnectionPool, Counters, PoolError, PooledConnection, SmolRuntime,
     TokioRuntime, ValidationPolicy,

@@ -1,6 +1,10 @@
 //! Closing wakes every waiter with `Closed`, drops idle connections, and destroys connections
 //! returned afterwards; dropping the last handle closes the pool and ends the cleanup task.
 
+// Built only with the `tokio` feature (`cargo test --all-features`), so that a plain
+// `cargo test` builds and runs what it can.
+#![cfg(feature = "tokio")]
+
 mod common;
 
 use common::{Gate, ManualClock, ManualRuntime, TestManager, eventually, running};
