@@ -1,9 +1,16 @@
 //! get+drop of idle connections from several OS threads at once, without an executor: what
 //! the pool costs when every core really works on it. The grid's multi-task cells mix that
-//! with the scheduler's luck (tokio sometimes runs all tasks on one worker); here each
-//! thread polls its own loop with a no-op waker. Prints the median ns per get+drop per thread
+//! with the executor's scheduling (how much of the work runs on both workers at once); here
+//! each thread polls its own loop with a no-op waker. Prints the median ns per get+drop per thread
 //! for our pool, for qp (`acquire_unchecked`, pre-warmed) and for the bare `ArrayQueue`
 //! (pop+push) both are built on, runs interleaved.
+//!
+//! A fourth contender, "ArrayQueue + work", is the bare queue with a busy loop between pop and
+//! push, calibrated on one thread to take as long per operation as our pool does. It separates
+//! what contention costs the queue itself from what it costs the pool's logic: a tight
+//! pop+push loop is several times cheaper under contention than the same queue with any work
+//! in between (presumably because its cache lines then stay on one core for many operations
+//! at a time), so the tight loop is a floor no pool that does work between the two can reach.
 //!
 //! Usage: `cargo run --release --example two_threads -- [THREADS] [OPS_PER_THREAD] [POOL_SIZE]`
 //!
@@ -39,6 +46,31 @@ fn timed(threads: usize, ops: u64, work: &(dyn Fn(u64) + Sync)) -> f64 {
             .expect("at least one thread")
     });
     slowest.as_nanos() as f64 / ops as f64
+}
+
+/// A busy loop of `iterations` steps that the optimiser cannot remove: the stand-in for a
+/// pool's own work between taking a connection and giving it back.
+fn busy(iterations: u32) {
+    for step in 0..iterations {
+        black_box(step);
+    }
+}
+
+/// The number of [`busy`] steps that makes `with_work(steps)` (ns per operation on one
+/// thread) take `target` ns: a linear estimate from two probes, then two corrections, since a
+/// noisy probe can be well off.
+fn calibrate(target: f64, with_work: &dyn Fn(u32) -> f64) -> u32 {
+    const PROBE: u32 = 256;
+    let measure = |steps: u32| median((0..5).map(|_| with_work(steps)).collect());
+    let base = measure(0);
+    let per_step = (measure(PROBE) - base) / f64::from(PROBE);
+    assert!(per_step > 0.0, "the busy loop took no time");
+    let mut steps = ((target - base) / per_step).max(0.0);
+    for _ in 0..2 {
+        let error = target - measure(steps.round() as u32);
+        steps = (steps + error / per_step).max(0.0);
+    }
+    steps.round() as u32
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -100,7 +132,7 @@ fn main() {
             drop(conn);
         }
     };
-    let bare = |ops: u64| {
+    let bare_with = |ops: u64, work: u32| {
         for _ in 0..ops {
             let conn = loop {
                 if let Some(conn) = queue.pop() {
@@ -109,22 +141,36 @@ fn main() {
                 std::hint::spin_loop();
             };
             black_box(&conn);
+            busy(work);
             queue.push(conn).expect("room for the connection taken");
         }
     };
+    let bare = |ops: u64| bare_with(ops, 0);
 
-    let (mut ours_runs, mut qp_runs, mut bare_runs) = (Vec::new(), Vec::new(), Vec::new());
+    // The work that makes the bare queue as slow as our pool on one thread.
+    let ours_alone = median((0..7).map(|_| timed(1, ops, &ours)).collect());
+    let work = calibrate(ours_alone, &|steps| timed(1, ops, &|n| bare_with(n, steps)));
+    let worked = |ops: u64| bare_with(ops, work);
+    let worked_alone = median((0..5).map(|_| timed(1, ops, &worked)).collect());
+
+    let mut runs = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..7 {
-        ours_runs.push(timed(threads, ops, &ours));
-        qp_runs.push(timed(threads, ops, &peer));
-        bare_runs.push(timed(threads, ops, &bare));
+        runs[0].push(timed(threads, ops, &ours));
+        runs[1].push(timed(threads, ops, &peer));
+        runs[2].push(timed(threads, ops, &bare));
+        runs[3].push(timed(threads, ops, &worked));
     }
-    let (ours, qp, bare) = (median(ours_runs), median(qp_runs), median(bare_runs));
+    let [ours, qp, bare, worked] = runs.map(median);
     println!(
         "{threads} threads, pool size {size}, {ops} get+drops each, median of 7 (ns per \
-         get+drop): ours {ours:.1}, qp {qp:.1}, bare ArrayQueue {bare:.1}; ours/qp {:.2}, \
-         ours/ArrayQueue {:.2}",
+         get+drop): ours {ours:.1}, qp {qp:.1}, bare ArrayQueue {bare:.1}, ArrayQueue + work \
+         {worked:.1}; ours/qp {:.2}, ours/ArrayQueue {:.2}, ours/(ArrayQueue + work) {:.2}",
         ours / qp,
         ours / bare,
+        ours / worked,
+    );
+    println!(
+        "one thread: ours {ours_alone:.1}, ArrayQueue + work {worked_alone:.1} ns per \
+         get+drop ({work} busy-loop steps between pop and push)"
     );
 }
