@@ -21,6 +21,7 @@
 use connection_pool_peer_benches::{
     exec::{ExecKind, Outcome, Spawner, run_limited},
     pools::{BenchPool, Kind, PoolBody, PoolOpts, prewarm, with_pool},
+    stats::percentile,
 };
 use std::{
     sync::{
@@ -45,8 +46,8 @@ const STALL_MIN_HOLDS: usize = 5;
 /// What one run recorded, after the first `SKIP`.
 #[derive(Debug, Default)]
 struct Probe {
-    /// Serve ticket minus request ticket, per checkout.
-    order_lags: Vec<i64>,
+    /// How far the serve ticket is from the request ticket, per checkout.
+    order_lags: Vec<u64>,
     /// Hold per checkout, ns.
     holds: Vec<u64>,
     /// Wait per checkout, ns.
@@ -88,14 +89,12 @@ impl PoolBody<Probe> for ProbeBody {
                     let mut mine = Probe::default();
                     while Instant::now() < end {
                         let start = Instant::now();
-                        let request = requested.fetch_add(1, Ordering::SeqCst) as i64;
+                        let request = requested.fetch_add(1, Ordering::SeqCst);
                         let mut serve = None;
                         let got = pool
                             .checkout_then(|| {
-                                serve = Some((
-                                    served.fetch_add(1, Ordering::SeqCst) as i64,
-                                    Instant::now(),
-                                ));
+                                serve =
+                                    Some((served.fetch_add(1, Ordering::SeqCst), Instant::now()));
                                 tokio::time::sleep(HOLD)
                             })
                             .await;
@@ -107,7 +106,7 @@ impl PoolBody<Probe> for ProbeBody {
                             continue;
                         };
                         let hold = in_hand.elapsed();
-                        mine.order_lags.push(serve - request);
+                        mine.order_lags.push(serve.abs_diff(request) as u64);
                         mine.holds.push(hold.as_nanos() as u64);
                         mine.waits.push((in_hand - start).as_nanos() as u64);
                         if hold > LATE_HOLD {
@@ -125,11 +124,6 @@ impl PoolBody<Probe> for ProbeBody {
         }
         all
     }
-}
-
-/// The `q` quantile of `values`, which must be sorted and non-empty.
-fn quantile<T: Copy>(sorted: &[T], q: f64) -> T {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Groups the late holds' start times into stalls: (start in ms, holds delayed).
@@ -162,12 +156,12 @@ fn report(kind: Kind, round: usize, mut probe: Probe) {
         );
         return;
     }
-    let mut order: Vec<i64> = probe.order_lags.iter().map(|lag| lag.abs()).collect();
-    order.sort_unstable();
+    probe.order_lags.sort_unstable();
     probe.holds.sort_unstable();
     probe.waits.sort_unstable();
     let n = probe.holds.len();
     let ms = |ns: u64| ns as f64 / 1e6;
+    let at = |sorted: &[u64], p: f64| percentile(sorted, p).expect("checked non-empty above");
     let late = probe.late_at.len();
     let stalls = stalls(&mut probe.late_at);
     println!(
@@ -176,14 +170,14 @@ fn report(kind: Kind, round: usize, mut probe: Probe) {
          p99 {:.2} p99.9 {:.2} ms",
         kind.name(),
         probe.timeouts,
-        quantile(&order, 0.99),
-        quantile(&order, 0.999),
-        order[order.len() - 1],
+        at(&probe.order_lags, 99.0),
+        at(&probe.order_lags, 99.9),
+        probe.order_lags[n - 1],
         ms(probe.holds.iter().sum::<u64>() / n as u64),
-        ms(quantile(&probe.holds, 0.999)),
-        ms(quantile(&probe.waits, 0.5)),
-        ms(quantile(&probe.waits, 0.99)),
-        ms(quantile(&probe.waits, 0.999)),
+        ms(at(&probe.holds, 99.9)),
+        ms(at(&probe.waits, 50.0)),
+        ms(at(&probe.waits, 99.0)),
+        ms(at(&probe.waits, 99.9)),
     );
     println!("{:>18}  stalls (start ms, holds delayed): {stalls:?}", "");
 }
