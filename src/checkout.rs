@@ -447,10 +447,17 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         if let Some(creating) = Creating::begin(shared, max_connecting) {
             // Leave the line before creating; a connection handed over meanwhile wins.
             if let Some(place) = queued.take() {
-                if let Resolution::Served(conn) = place.abandon() {
-                    drop(creating);
-                    pending = Some(conn);
-                    continue;
+                match place.abandon() {
+                    Resolution::Served(conn) => {
+                        drop(creating);
+                        pending = Some(conn);
+                        continue;
+                    }
+                    // Woken for a slot or permit that came free after this call took its own:
+                    // the wake-up belongs to the next waiter, who would otherwise stay parked
+                    // beside free capacity until this creation ends.
+                    Resolution::Woken => shared.wake_creator(),
+                    Resolution::Waiting | Resolution::Abandoned => {}
                 }
             }
             let limit = deadline.limit(shared, shared.config.connection_timeout);

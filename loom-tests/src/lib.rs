@@ -33,6 +33,8 @@ pub enum Create {
     /// Returns `Pending` once (waking itself), then succeeds: an await point where a `get` can
     /// be cancelled mid-create.
     PendOnce,
+    /// Blocks (a loom condvar) until `ModelManager::open_gate`, then succeeds.
+    Gated,
 }
 
 /// The error the scripted manager fails with.
@@ -122,6 +124,7 @@ pub struct ModelManager {
     /// The independent live-connection count every model asserts on.
     pub counts: Arc<Counts>,
     script: Mutex<VecDeque<Create>>,
+    gate: loom::sync::Arc<(loom::sync::Mutex<bool>, loom::sync::Condvar)>,
 }
 
 impl ModelManager {
@@ -130,7 +133,14 @@ impl ModelManager {
         Self {
             counts: Arc::default(),
             script: Mutex::new(script.iter().copied().collect()),
+            gate: loom::sync::Arc::new((loom::sync::Mutex::new(false), loom::sync::Condvar::new())),
         }
+    }
+
+    /// Lets `Create::Gated` creations finish.
+    pub fn open_gate(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
     }
 
     fn new_conn(&self) -> ModelConn {
@@ -178,6 +188,14 @@ impl ConnectionManager for ModelManager {
         match step {
             Create::Ok => Ok(self.new_conn()),
             Create::Fail => Err(ModelError),
+            Create::Gated => {
+                let mut open = self.gate.0.lock().unwrap();
+                while !*open {
+                    open = self.gate.1.wait(open).unwrap();
+                }
+                drop(open);
+                Ok(self.new_conn())
+            }
             Create::PendOnce => {
                 YieldOnce { yielded: false }.await;
                 Ok(self.new_conn())

@@ -454,3 +454,51 @@ fn m10_an_abandoned_slot_left_in_the_queue_is_skipped() {
         assert_eq!(counts.live(), 0);
     });
 }
+
+/// 11. A waiter that leaves the line to create passes on a wake-up it got meanwhile. On
+///     `max_size` 2 with both connections held and two waiters, both held connections are
+///     destroyed. The first creation blocks until some waiter is served, so only the second
+///     freed slot can serve one. If the older waiter takes the first freed slot to create and
+///     is then woken for the second, that wake-up must reach the other waiter, or it sleeps
+///     beside a free slot for as long as the first creation takes (here: forever).
+#[test]
+fn m11_a_waiter_that_leaves_the_line_to_create_passes_its_wake_up_on() {
+    check("m11 wake-up passed on by a creating waiter", || {
+        use loom::sync::{Arc as LArc, Condvar, Mutex as LMutex};
+        let pool = pool(
+            2,
+            ModelManager::new(&[Create::Ok, Create::Ok, Create::Gated]),
+        );
+        let counts = pool.manager().counts.clone();
+        let mut a = get(&pool).unwrap();
+        let mut b = get(&pool).unwrap();
+        let served = LArc::new((LMutex::new(0usize), Condvar::new()));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                let served = served.clone();
+                thread::spawn(move || {
+                    let c = get_owned(&pool).expect("served");
+                    *served.0.lock().unwrap() += 1;
+                    served.1.notify_all();
+                    c
+                })
+            })
+            .collect();
+        a.mark_broken();
+        drop(a);
+        b.mark_broken();
+        drop(b);
+        {
+            let mut n = served.0.lock().unwrap();
+            while *n == 0 {
+                n = served.1.wait(n).unwrap();
+            }
+        }
+        pool.manager().open_gate();
+        let conns: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        drop(conns);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
