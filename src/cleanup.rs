@@ -6,6 +6,8 @@
 //! the keepers back, notifying a waiter for each, exactly as a return does. A checkout racing
 //! it simply finds another connection, creates one, or is woken by the push-back.
 
+#[cfg(not(loom))]
+use crate::background::sleep_while_wanted;
 use crate::{
     clock::Stamp,
     error::PoolError,
@@ -120,6 +122,8 @@ pub(crate) fn start<M: ConnectionManager>(
         return;
     };
     let generation = shared.cleanup_generation.fetch_add(1, Ordering::AcqRel) + 1;
+    // The loop this one replaces ends now, not at its next tick.
+    shared.background_stop.fire();
     let pool = crate::sync::Arc::downgrade(shared);
     runtime.spawn(Box::pin(run(pool, generation, interval)));
 }
@@ -134,7 +138,7 @@ pub(crate) fn start<M: ConnectionManager>(
 }
 
 /// The background loop. It holds only a weak reference between ticks, so dropping the pool
-/// ends it.
+/// ends it; closing the pool or replacing the loop wakes it to end at once.
 #[cfg(not(loom))]
 async fn run<M: ConnectionManager>(
     pool: crate::sync::Weak<Shared<M>>,
@@ -142,8 +146,9 @@ async fn run<M: ConnectionManager>(
     interval: Duration,
 ) {
     loop {
-        let tick = {
+        let (tick, stop) = {
             let Some(shared) = pool.upgrade() else { return };
+            let stop = shared.background_stop.listen();
             if !shared.cleanup_current(generation) {
                 return;
             }
@@ -151,9 +156,11 @@ async fn run<M: ConnectionManager>(
             let Some(runtime) = shared.runtime.as_deref() else {
                 return;
             };
-            runtime.sleep(interval)
+            (runtime.sleep(interval), stop)
         };
-        tick.await;
+        if !sleep_while_wanted(&pool, tick, stop, |s| s.cleanup_current(generation)).await {
+            return;
+        }
         let Some(shared) = pool.upgrade() else { return };
         if !shared.cleanup_current(generation) {
             return;
@@ -175,12 +182,13 @@ impl<M: ConnectionManager> ConnectionPool<M> {
         self.shared.cleanup_pass(crate::clock::stamp_of(now))
     }
 
-    /// Stops the background cleanup task; it ends at its next tick. Expiry is still enforced
-    /// at checkout and return.
+    /// Stops the background cleanup task; it ends as soon as its executor next polls it.
+    /// Expiry is still enforced at checkout and return.
     pub fn stop_cleanup_task(&self) {
         self.shared
             .cleanup_generation
             .fetch_add(1, Ordering::AcqRel);
+        self.shared.background_stop.fire();
         log::debug!("{}: cleanup task stopped", self.shared.config.name);
     }
 

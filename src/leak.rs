@@ -123,7 +123,8 @@ impl LeakWatch {
     }
 }
 
-/// Spawns the watcher when leak detection is on; it ends when the pool closes or is dropped.
+/// Spawns the watcher when leak detection is on; it ends as soon as the pool closes or is
+/// dropped (dropping the last handle closes it).
 #[cfg(not(loom))]
 pub(crate) fn start<M: crate::ConnectionManager>(shared: &Arc<crate::pool::Shared<M>>) {
     let (Some(runtime), Some(watch)) = (shared.runtime.as_deref(), shared.leaks.as_ref()) else {
@@ -135,14 +136,21 @@ pub(crate) fn start<M: crate::ConnectionManager>(shared: &Arc<crate::pool::Share
         // Records seen but neither returned nor old enough to warn about, oldest first.
         let mut pending = std::collections::VecDeque::new();
         loop {
-            let tick = {
+            let (tick, stop) = {
                 let Some(shared) = pool.upgrade() else { return };
+                let stop = shared.background_stop.listen();
+                if shared.is_closed() {
+                    return;
+                }
                 let Some(runtime) = shared.runtime.as_deref() else {
                     return;
                 };
-                runtime.sleep(period)
+                (runtime.sleep(period), stop)
             };
-            tick.await;
+            let open = |shared: &crate::pool::Shared<M>| !shared.is_closed();
+            if !crate::background::sleep_while_wanted(&pool, tick, stop, open).await {
+                return;
+            }
             let Some(shared) = pool.upgrade() else { return };
             if shared.is_closed() {
                 return;

@@ -262,6 +262,7 @@
     unreachable_pub
 )]
 
+mod background;
 mod builder;
 mod capacity;
 mod checkout;

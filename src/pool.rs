@@ -67,6 +67,7 @@
 //! validation and a panic in user code all give the slot (and permit) back and wake a waiter.
 
 use crate::{
+    background::StopSignal,
     capacity::Capacity,
     clock::{self, Stamp},
     config::{Config, ValidationPolicy},
@@ -148,6 +149,8 @@ pub(crate) struct Shared<M: ConnectionManager> {
     pub(crate) observer: Option<Box<dyn PoolObserver>>,
     /// Bumped to stop the running cleanup loop; a loop runs while its number is current.
     pub(crate) cleanup_generation: AtomicU64,
+    /// Wakes the background loops to re-check whether they should end.
+    pub(crate) background_stop: StopSignal,
     /// The expiry and validation settings in the units of a [`Stamp`].
     limits: Limits,
     /// The runtime's coarse clock is the system's (or there is no runtime): read it directly.
@@ -208,6 +211,7 @@ impl<M: ConnectionManager> Shared<M> {
             stats: Stats::default(),
             observer,
             cleanup_generation: AtomicU64::new(0),
+            background_stop: StopSignal::new(),
         }
     }
 
@@ -467,6 +471,7 @@ impl<M: ConnectionManager> Shared<M> {
         fence(Ordering::SeqCst);
         self.waitlist.wake_all();
         self.drain_idle();
+        self.background_stop.fire();
     }
 
     /// Records a failed creation with the governor (which schedules the next attempt), gives
@@ -811,8 +816,9 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// it, idle connections are dropped now and checked-out ones when their guards drop. A
     /// call that is creating a connection finishes its create and then destroys the new
     /// connection and fails with `Closed`; one validating an idle connection finishes the check
-    /// and its connection is destroyed when its guard drops. The cleanup task stops at its next
-    /// tick. Closing twice does nothing; it never fails or blocks.
+    /// and its connection is destroyed when its guard drops. The cleanup task and the leak
+    /// watcher are woken and end as soon as their executor polls them. Closing twice does
+    /// nothing; it never fails or blocks.
     pub fn close(&self) {
         self.shared.close();
     }

@@ -156,7 +156,7 @@ async fn the_cleanup_task_can_be_stopped_and_restarted() {
         .unwrap();
     eventually("min_idle is reached", || pool.status().idle == 2).await;
     pool.stop_cleanup_task();
-    clock.advance(31 * SECOND);
+    // At once, not at its next tick: the clock does not move.
     eventually("the task ends", || running(&spawned) == 0).await;
     for mut conn in check_out(&pool, 2).await {
         conn.mark_broken();
@@ -168,4 +168,37 @@ async fn the_cleanup_task_can_be_stopped_and_restarted() {
     pool.restart_cleanup_task(5 * SECOND).unwrap();
     eventually("the new task tops up", || pool.status().idle == 2).await;
     assert_eq!(running(&spawned), 1);
+}
+
+#[tokio::test]
+async fn restarting_replaces_the_task_and_dropping_the_pool_ends_every_background_task_at_once() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let runtime = ManualRuntime::new(&clock);
+    let spawned = runtime.spawned.clone();
+    let pool = builder(&manager, &clock)
+        .cleanup_interval(3600 * SECOND)
+        .leak_detection_threshold(7200 * SECOND)
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    assert_eq!(
+        running(&spawned),
+        2,
+        "the cleanup task and the leak watcher"
+    );
+    for _ in 0..20 {
+        pool.restart_cleanup_task(3600 * SECOND).unwrap();
+        common::async_io_sleep(Duration::from_millis(1)).await;
+    }
+    // The clock never moves: no task may wait for its hour-long tick to notice.
+    eventually("each restart ended the task it replaced", || {
+        running(&spawned) == 2
+    })
+    .await;
+    assert_eq!(spawned.lock().unwrap().len(), 22);
+    drop(pool);
+    eventually("no background task outlives the pool", || {
+        running(&spawned) == 0
+    })
+    .await;
 }
