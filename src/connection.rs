@@ -1,6 +1,12 @@
 //! The guard handed out by the pool, and the record kept for each connection.
 
-use crate::{clock::Stamp, leak::Checkout, manager::ConnectionManager, pool::Shared, sync::Arc};
+use crate::{
+    clock::Stamp,
+    leak::Checkout,
+    manager::ConnectionManager,
+    pool::{PanicGuard, Shared},
+    sync::Arc,
+};
 use std::{
     borrow::Cow,
     fmt,
@@ -179,6 +185,25 @@ impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
         }
     }
 
+    /// [`end_checkout`](Self::end_checkout) in `Drop`, where a panic in the observer's
+    /// `on_return` would otherwise drop the connection without giving its slot back.
+    #[cold]
+    #[inline(never)]
+    fn end_checkout_before_return(&mut self) {
+        let Some(record) = self.checkout.take() else {
+            return;
+        };
+        let Some(held) = self.conn.take() else {
+            self.checkout_ended(&record);
+            return;
+        };
+        let unwinding = PanicGuard::new(&self.shared);
+        let conn = held;
+        self.checkout_ended(&record);
+        unwinding.disarm();
+        self.conn = Some(conn);
+    }
+
     /// [`end_checkout`](Self::end_checkout) with a record; out of line, so that the common
     /// return path (no leak detection, no observer) stays small.
     #[cold]
@@ -243,7 +268,9 @@ impl<M: ConnectionManager> DerefMut for PooledConnection<'_, M> {
 
 impl<M: ConnectionManager> Drop for PooledConnection<'_, M> {
     fn drop(&mut self) {
-        self.end_checkout();
+        if self.checkout.is_some() {
+            self.end_checkout_before_return();
+        }
         if let Some(conn) = self.conn.take() {
             self.shared.recycle(conn, self.broken);
         }

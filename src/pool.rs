@@ -310,10 +310,11 @@ impl<M: ConnectionManager> Shared<M> {
     /// Counts a connection that was just dropped and gives its slot back.
     fn destroyed(&self, reason: DestroyReason) {
         self.stats.destroyed(reason);
+        // Slot first: an observer that panics must not take the slot with it.
+        self.release_slot();
         if let Some(observer) = &self.observer {
             observer.on_destroy(reason);
         }
-        self.release_slot();
         log::debug!(
             "{}: destroyed a connection ({}); size {}, idle {}",
             self.config.name,
@@ -412,10 +413,7 @@ impl<M: ConnectionManager> Shared<M> {
         // `has_broken` is user code. If it panics, unwinding drops `conn` (declared after the
         // guard, so dropped first) and then the guard, which gives the slot back. The guard
         // holds no connection, so the common path moves none in and out of it.
-        let unwinding = PanicGuard {
-            shared: self,
-            armed: true,
-        };
+        let unwinding = PanicGuard::new(self);
         let mut conn = conn;
         let broken = self.manager.has_broken(&mut conn.raw);
         unwinding.disarm();
@@ -672,14 +670,24 @@ impl<M: ConnectionManager> Drop for Slot<'_, M> {
 }
 
 /// Gives back the slot of a connection that user code panicked over, once unwinding has dropped
-/// the connection.
-struct PanicGuard<'a, M: ConnectionManager> {
+/// the connection. Bind the connection after the guard, so that unwinding drops it first: the
+/// slot is never free while the connection still exists.
+pub(crate) struct PanicGuard<'a, M: ConnectionManager> {
     shared: &'a Shared<M>,
     armed: bool,
 }
 
-impl<M: ConnectionManager> PanicGuard<'_, M> {
-    fn disarm(mut self) {
+impl<'a, M: ConnectionManager> PanicGuard<'a, M> {
+    /// Armed: dropped before [`disarm`](Self::disarm), it counts a connection destroyed by a
+    /// panic and gives its slot back.
+    pub(crate) fn new(shared: &'a Shared<M>) -> Self {
+        Self {
+            shared,
+            armed: true,
+        }
+    }
+
+    pub(crate) fn disarm(mut self) {
         self.armed = false;
     }
 }
@@ -745,8 +753,13 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
         let now = shared.now();
         let error = match created {
             Ok(Ok(raw)) => {
-                let conn = self.finish(shared.new_conn(raw, shared.stamp()));
+                let created = self.finish(shared.new_conn(raw, shared.stamp()));
+                // The observer's `on_create` is user code: should it panic, the new
+                // connection is destroyed and its slot given back.
+                let unwinding = PanicGuard::new(shared);
+                let conn = created;
                 shared.create_succeeded(started, now);
+                unwinding.disarm();
                 return Ok(conn);
             }
             Ok(Err(error)) => Some(error),

@@ -149,3 +149,61 @@ fn a_panicking_observer_at_checkout_destroys_the_connection_and_frees_its_slot()
         assert_eq!(manager.counts.live(), 0, "round {round}");
     }
 }
+
+/// An observer that panics in one hook, the first time it is called.
+struct PanicsOnceIn(&'static str, std::sync::atomic::AtomicBool);
+
+impl PanicsOnceIn {
+    fn hook(&self, hook: &str) {
+        if hook == self.0 && !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("{hook} panics on purpose");
+        }
+    }
+}
+
+impl connection_pool::PoolObserver for PanicsOnceIn {
+    fn on_create(&self, _took: std::time::Duration) {
+        self.hook("on_create");
+    }
+
+    fn on_return(&self, _held: std::time::Duration) {
+        self.hook("on_return");
+    }
+
+    fn on_destroy(&self, _reason: connection_pool::DestroyReason) {
+        self.hook("on_destroy");
+    }
+}
+
+#[test]
+fn an_observer_panicking_on_create_return_or_destroy_never_takes_the_slot_with_it() {
+    for hook in ["on_create", "on_return", "on_destroy"] {
+        let manager = TestManager::new();
+        let pool = ConnectionPool::builder(manager.clone())
+            .max_size(1)
+            .no_runtime()
+            .observer(PanicsOnceIn(hook, Default::default()))
+            .build()
+            .unwrap();
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut conn = futures_lite::future::block_on(pool.get_connection()).unwrap();
+            conn.mark_broken(); // destroyed on return: reaches on_destroy
+            drop(conn);
+        }));
+        assert!(got.is_err(), "{hook}: the panic reaches the caller");
+        let status = pool.status();
+        assert_eq!((status.size, manager.counts.live()), (0, 0), "{hook}");
+        // A connection the observer panicked over is counted as destroyed by a panic; the one
+        // whose `on_destroy` panicked was already counted as broken.
+        let destroyed = status.counters.destroyed;
+        let by_panic = u64::from(hook != "on_destroy");
+        assert_eq!(
+            (destroyed.panicked, destroyed.broken),
+            (by_panic, 1 - by_panic),
+            "{hook}"
+        );
+        // With `max_size` 1, a lost slot would leave nothing to create.
+        let next = futures_lite::future::block_on(pool.get_connection());
+        assert!(next.is_ok(), "{hook}: the pool still serves");
+    }
+}
