@@ -150,12 +150,19 @@ impl Deadline {
             return None;
         }
         let (_, deadline) = self.start(shared);
-        let phase = phase_timeout.and_then(|t| shared.now().checked_add(t));
-        match (deadline, phase) {
+        match (deadline, from_now(shared, phase_timeout)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
+}
+
+/// `timeout` from now; no clock read when it is not set.
+fn from_now<M: ConnectionManager>(
+    shared: &Shared<M>,
+    timeout: Option<Duration>,
+) -> Option<Instant> {
+    timeout.and_then(|t| shared.now().checked_add(t))
 }
 
 /// This call's place in the wait list, while it has one.
@@ -460,8 +467,9 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                     Resolution::Waiting | Resolution::Abandoned => {}
                 }
             }
-            let limit = deadline.limit(shared, shared.config.connection_timeout);
-            return match creating.run(limit).await {
+            let timeout_at = from_now(shared, shared.config.connection_timeout);
+            let call_deadline = deadline.limit(shared, None);
+            return match creating.run(timeout_at, call_deadline).await {
                 Ok(conn) => {
                     if shared.is_closed() {
                         shared.destroy(conn, DestroyReason::Closed);

@@ -81,12 +81,12 @@ impl<M: ConnectionManager> Shared<M> {
             let Some(creating) = Creating::begin(self, max_connecting) else {
                 break;
             };
-            let limit = self
+            let timeout_at = self
                 .config
                 .connection_timeout
                 .and_then(|t| self.now().checked_add(t));
             // A failure is recorded (and logged) by `run`; the next tick tries again.
-            let Ok(conn) = creating.run(limit).await else {
+            let Ok(conn) = creating.run(timeout_at, None).await else {
                 break;
             };
             created += 1;

@@ -9,7 +9,8 @@ use std::{error::Error, time::Duration};
 pub enum CreateFailure<'a> {
     /// It returned this error.
     Error(&'a (dyn Error + 'static)),
-    /// It did not finish within `connection_timeout` (or the caller's deadline).
+    /// It did not finish within `connection_timeout`. (An attempt cut short by the calling
+    /// `get`'s own `wait_timeout` is dropped like a cancelled one and not reported.)
     TimedOut,
 }
 

@@ -734,16 +734,26 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
         conn
     }
 
-    /// Runs `create_connection`, bounded by `limit`, and records the outcome: the new
-    /// connection, which takes over the slot, or the failure (`None`: it timed out), with the
-    /// slot and permit given back as [`Shared::create_failed`] describes. Dropping the future
-    /// drops the guard, which gives both back.
+    /// Runs `create_connection`, bounded by `connection_timeout` (the instant `timeout_at`)
+    /// and by the calling `get`'s own deadline `call_deadline`, and records the outcome: the
+    /// new connection, which takes over the slot, or the failure (`None`: it timed out), with
+    /// the slot and permit given back as [`Shared::create_failed`] describes. Dropping the
+    /// future drops the guard, which gives both back.
+    ///
+    /// Cut short by the caller's deadline, the attempt is not a failure of the backend: it is
+    /// dropped like a cancelled one (`Err(None)`, nothing recorded, no backoff), so that a
+    /// short `wait_timeout` does not make a healthy backend look broken to the other callers.
     pub(crate) async fn run(
         self,
-        limit: Option<Instant>,
+        timeout_at: Option<Instant>,
+        call_deadline: Option<Instant>,
     ) -> Result<Conn<M::Connection>, Option<Result<M::Error, StdArc<M::Error>>>> {
         let shared = self.shared;
         let started = shared.now();
+        let limit = match (timeout_at, call_deadline) {
+            (Some(timeout), Some(deadline)) => Some(timeout.min(deadline)),
+            (timeout, deadline) => timeout.or(deadline),
+        };
         let created = run_bounded(
             shared.runtime.as_deref(),
             limit,
@@ -763,6 +773,16 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
                 return Ok(conn);
             }
             Ok(Err(error)) => Some(error),
+            Err(_) if call_deadline.is_some_and(|d| timeout_at.is_none_or(|t| d < t)) => {
+                log::debug!(
+                    "{}: a get's wait_timeout ran out while it was creating a connection; \
+                     the attempt is dropped (not counted as a failure); size {}",
+                    shared.config.name,
+                    shared.size(),
+                );
+                drop(self);
+                return Err(None);
+            }
             Err(_) => None,
         };
         Err(shared.create_failed(self, error, started, now))

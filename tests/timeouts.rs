@@ -113,8 +113,23 @@ async fn the_wait_deadline_also_bounds_creation() {
     });
     eventually("create was called", || manager.counts.create_calls() == 1).await;
     clock.advance(Duration::from_secs(4));
-    assert_eq!(phase(getter.await.unwrap()), TimeoutPhase::Creating);
-    assert_eq!(pool.status().size, 0);
+    match getter.await.unwrap() {
+        Err(PoolError::Timeout { phase, last_error }) => {
+            assert_eq!(phase, TimeoutPhase::Creating);
+            // Nothing failed: blaming connection_timeout would send the user to the wrong
+            // setting.
+            assert_eq!(last_error, None);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let status = pool.status();
+    assert_eq!(status.size, 0);
+    // The caller ran out of time, the backend did not fail: no failure, no backoff, and the
+    // next call creates at once (the clock does not move).
+    assert_eq!(status.counters.create_failures, 0);
+    manager.counts.set_create(Gate::Ok);
+    let next = tokio::time::timeout(Duration::from_secs(5), pool.get_connection()).await;
+    assert!(matches!(next, Ok(Ok(_))), "{next:?}");
 }
 
 #[tokio::test]
