@@ -164,14 +164,15 @@ impl<M: ConnectionManager> Builder<M> {
         self
     }
 
-    /// Turns off every setting that needs a runtime (the three timeouts and the cleanup
-    /// task), for pools used without one.
+    /// Turns off every setting that needs a runtime (the three timeouts, the cleanup task and
+    /// leak detection), for pools used without one. Settings made after it still count.
     pub fn no_runtime(mut self) -> Self {
         self.runtime = None;
         self.config.connection_timeout = None;
         self.config.wait_timeout = None;
         self.config.validation_timeout = None;
         self.config.cleanup_interval = None;
+        self.config.leak_detection_threshold = None;
         self
     }
 
@@ -181,7 +182,7 @@ impl<M: ConnectionManager> Builder<M> {
     /// # Errors
     ///
     /// [`PoolError::Config`] naming the first bad setting, or [`PoolError::NoRuntime`] when a
-    /// timeout or the cleanup task is set without a runtime. Never panics.
+    /// timeout, the cleanup task or leak detection is set without a runtime. Never panics.
     pub fn build(self) -> Result<ConnectionPool<M>, PoolError<M::Error>> {
         let Builder {
             manager,

@@ -152,7 +152,11 @@ impl Config {
         if let ValidationPolicy::IdleLongerThan(threshold) = self.validation {
             // Zero is allowed here: it means "validate any connection that was idle at all".
             if Instant::now().checked_add(threshold).is_none() {
-                return Err(overflow("validation"));
+                return Err(ConfigError::new(
+                    "validation",
+                    "is too large to add to the clock; use ValidationPolicy::Never to skip \
+                     validation",
+                ));
             }
         }
         Ok(())

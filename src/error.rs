@@ -44,15 +44,16 @@ pub enum PoolError<E> {
     /// for example bad credentials), during this call or shortly before it. Calls that would
     /// have to create a connection fail at once with it instead of waiting for a timeout; the
     /// pool tries again after a delay of at most
-    /// [`CREATE_BACKOFF_MAX`](crate::CREATE_BACKOFF_MAX).
+    /// [`CREATE_BACKOFF_MAX`](crate::CREATE_BACKOFF_MAX) plus its 25 % jitter.
     Rejected(crate::sync::StdArc<E>),
     /// The pool was closed by [`ConnectionPool::close`](crate::ConnectionPool::close) or by
     /// dropping every handle to it.
     Closed,
     /// The configuration was rejected.
     Config(ConfigError),
-    /// A timeout or the cleanup task was configured but no [`Runtime`](crate::Runtime) was
-    /// given to supply timers and spawning.
+    /// A timeout, the cleanup task or leak detection was configured (or
+    /// [`get_connection_timeout`](crate::ConnectionPool::get_connection_timeout) called) but no
+    /// [`Runtime`](crate::Runtime) was given to supply timers and spawning.
     NoRuntime {
         /// The setting that needs a runtime.
         setting: &'static str,
@@ -81,11 +82,17 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
             ),
             PoolError::Closed => f.write_str("the pool is closed; build a new pool to continue"),
             PoolError::Config(e) => write!(f, "invalid pool configuration: {e}"),
-            PoolError::NoRuntime { setting } => write!(
-                f,
-                "`{setting}` needs a runtime: pass one with Builder::runtime (for example \
-                 TokioRuntime or SmolRuntime) or set `{setting}` to None"
-            ),
+            PoolError::NoRuntime { setting } => {
+                write!(
+                    f,
+                    "`{setting}` needs a runtime: pass one with Builder::runtime (for example \
+                     TokioRuntime or SmolRuntime)"
+                )?;
+                match *setting {
+                    "get_connection_timeout" => f.write_str(", or call get_connection"),
+                    _ => write!(f, " or set `{setting}` to None"),
+                }
+            }
         }
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 /// The first retry delay after a failure; it doubles with each further failure.
 pub const CREATE_BACKOFF_MIN: Duration = Duration::from_millis(20);
-/// The longest retry delay, so that service resumes within about this long after the backend
-/// comes back.
+/// The longest retry delay before its ±25 % jitter, so that service resumes within about this
+/// long after the backend comes back.
 pub const CREATE_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// What a caller that wants to create a connection may do now.

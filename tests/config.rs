@@ -89,7 +89,16 @@ fn zero_and_overflowing_durations_name_their_field() {
         .no_runtime()
         .validation(ValidationPolicy::IdleLongerThan(Duration::MAX))
         .build();
+    let message = threshold.as_ref().err().map(ToString::to_string);
     assert_eq!(config_field(threshold), "validation");
+    // The advice names a value the setting can take.
+    assert!(
+        message
+            .as_deref()
+            .unwrap()
+            .contains("ValidationPolicy::Never"),
+        "{message:?}"
+    );
 }
 
 #[test]
@@ -116,6 +125,12 @@ fn timers_without_a_runtime_are_refused() {
                 .no_runtime()
                 .cleanup_interval(Duration::from_secs(1)),
         ),
+        (
+            "leak_detection_threshold",
+            builder()
+                .no_runtime()
+                .leak_detection_threshold(Duration::from_secs(1)),
+        ),
     ] {
         match b.build() {
             Err(e @ PoolError::NoRuntime { .. }) => {
@@ -125,17 +140,25 @@ fn timers_without_a_runtime_are_refused() {
         }
     }
     assert!(builder().no_runtime().build().is_ok());
+    // `no_runtime` turns off everything that needs one, leak detection included.
+    let leak_watch_first = builder().leak_detection_threshold(Duration::from_secs(1));
+    assert!(leak_watch_first.no_runtime().build().is_ok());
 }
 
 #[tokio::test]
 async fn runtime_only_calls_are_refused_without_a_runtime() {
     let pool = builder().no_runtime().build().unwrap();
-    assert!(matches!(
-        pool.get_connection_timeout(Duration::from_secs(1)).await,
-        Err(PoolError::NoRuntime {
-            setting: "get_connection_timeout"
-        })
-    ));
+    match pool.get_connection_timeout(Duration::from_secs(1)).await {
+        Err(
+            e @ PoolError::NoRuntime {
+                setting: "get_connection_timeout",
+            },
+        ) => {
+            // A method, not a setting: the way out is the untimed call.
+            assert!(e.to_string().ends_with("or call get_connection"), "{e}");
+        }
+        other => panic!("expected NoRuntime, got {:?}", other.map(|c| c.id)),
+    }
     assert!(matches!(
         pool.restart_cleanup_task(Duration::from_secs(1)),
         Err(PoolError::NoRuntime { .. })

@@ -17,6 +17,11 @@ use std::{fmt, time::Duration, time::Instant};
 ///
 /// # Panics
 ///
+/// The tokio runtime must have its time driver on (`Builder::enable_time` or `enable_all`;
+/// `#[tokio::main]` and `#[tokio::test]` turn it on): without it tokio panics when the pool
+/// arms its first timer (a timed `get_connection`, the cleanup task), which tokio offers no
+/// way to detect beforehand.
+///
 /// Once the tokio runtime behind the handle has shut down, tokio panics when the pool arms a
 /// timer (a `get_connection` with a timeout, the cleanup task) or reads the clock: build the
 /// pool on the runtime that outlives it, or drop the pool first.
