@@ -3,35 +3,46 @@
 //! `leakDetectionThreshold`).
 //!
 //! When the threshold is set, each checkout records its time and the caller's source location
-//! (`#[track_caller]`) in a small shared record and pushes it to a lock-free queue; the guard
-//! marks the record returned on drop. A watcher task, spawned through the pool's runtime and
-//! holding only a weak reference to the pool, wakes every half threshold, moves new records
-//! into its own list (which stays in checkout order), drops the returned ones and warns about
-//! those held too long. When the threshold is not set none of this exists: the checkout path
-//! pays one `Option` check. (An observer alone also gets a record per checkout, for the hold
-//! time it is told on return, but nothing watches it.)
+//! (`#[track_caller]`) in a small shared record and files it in a table with one entry per
+//! connection that can be out at once (`max_size`); the guard takes it out again on return. A
+//! watcher task, spawned through the pool's runtime and holding only a weak reference to the
+//! pool, wakes every half threshold and warns about the records held too long. The table's
+//! size is fixed, so memory does not grow with the checkout rate, the threshold, or a runtime
+//! that never runs the watcher. When the threshold is not set none of this exists: the
+//! checkout path pays one `Option` check. (An observer alone also gets a record per checkout,
+//! for the hold time it is told on return, but nothing files it.)
 
-use crate::sync::{Arc, AtomicBool, LeakQueue, Ordering};
+use crate::sync::{Arc, AtomicBool, LeakEntries, Mutex, MutexGuard, Ordering, PoisonError};
 use std::{
     panic::Location,
     time::{Duration, Instant},
 };
 
 /// One checkout, recorded when leak detection or an observer is on: when and where it
-/// happened, and (for leak detection) whether it is back and was warned about.
+/// happened, and (for leak detection) its entry in the table and whether it was warned about.
 pub(crate) struct Checkout {
     at: Instant,
     location: &'static Location<'static>,
-    returned: AtomicBool,
+    /// Its entry in the leak watch's table; `None` when leak detection is off.
+    entry: Option<usize>,
     warned: AtomicBool,
 }
 
 impl Checkout {
+    /// A record that is filed nowhere (an observer alone).
     pub(crate) fn new(at: Instant, location: &'static Location<'static>) -> Arc<Self> {
+        Self::filed_at(at, location, None)
+    }
+
+    fn filed_at(
+        at: Instant,
+        location: &'static Location<'static>,
+        entry: Option<usize>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             at,
             location,
-            returned: AtomicBool::new(false),
+            entry,
             warned: AtomicBool::new(false),
         })
     }
@@ -40,19 +51,34 @@ impl Checkout {
     pub(crate) fn at(&self) -> Instant {
         self.at
     }
+
+    /// Marks the record warned about; true only the first time.
+    fn warn_once(&self) -> bool {
+        !self.warned.swap(true, Ordering::AcqRel)
+    }
 }
 
-/// The records of checkouts not yet looked at by the watcher.
+/// The records of the checkouts now out.
 pub(crate) struct LeakWatch {
     pub(crate) threshold: Duration,
-    records: LeakQueue<Arc<Checkout>>,
+    /// One entry per connection that can be checked out at once: no more than `max_size`
+    /// connections exist, and a guard empties its entry before its connection can be handed
+    /// out again.
+    entries: Box<[Mutex<Option<Arc<Checkout>>>]>,
+    /// The indices of the empty entries.
+    free: LeakEntries<usize>,
 }
 
 impl LeakWatch {
-    pub(crate) fn new(threshold: Duration) -> Self {
+    pub(crate) fn new(threshold: Duration, max_size: usize) -> Self {
+        let free = LeakEntries::new(max_size);
+        for entry in 0..max_size {
+            let _ = free.push(entry);
+        }
         Self {
             threshold,
-            records: LeakQueue::new(),
+            entries: (0..max_size).map(|_| Mutex::new(None)).collect(),
+            free,
         }
     }
 
@@ -63,17 +89,32 @@ impl LeakWatch {
         (self.threshold / 2).max(Duration::from_millis(1))
     }
 
-    /// Starts watching a checkout.
-    pub(crate) fn watch(&self, record: &Arc<Checkout>) {
-        self.records.push(Arc::clone(record));
+    /// Records a checkout and files it for the watcher.
+    pub(crate) fn watch(&self, at: Instant, location: &'static Location<'static>) -> Arc<Checkout> {
+        let entry = self.free.pop();
+        // Unreachable (see `entries`); if the accounting were wrong, the checkout would only go
+        // unwatched.
+        debug_assert!(
+            entry.is_some(),
+            "more checkouts out than leak-watch entries"
+        );
+        let record = Checkout::filed_at(at, location, entry);
+        if let Some(entry) = entry {
+            *self.entry(entry) = Some(Arc::clone(&record));
+        }
+        record
     }
 
-    /// Marks a checkout returned, warning if it was held too long and nobody warned yet (the
-    /// watcher may not have looked since the threshold passed). Returns whether it warned.
+    /// Takes a returned checkout out of the table, warning if it was held too long and nobody
+    /// warned yet (the watcher may not have looked since the threshold passed). Returns whether
+    /// it warned.
     pub(crate) fn returned(&self, record: &Checkout, now: Instant, pool: &str) -> bool {
-        record.returned.store(true, Ordering::Release);
+        if let Some(entry) = record.entry {
+            self.entry(entry).take();
+            let _ = self.free.push(entry);
+        }
         let held = now.saturating_duration_since(record.at);
-        if held >= self.threshold && !record.warned.swap(true, Ordering::AcqRel) {
+        if held >= self.threshold && record.warn_once() {
             log::warn!(
                 "{pool}: a connection checked out at {} was held for {held:?}, longer than \
                  leak_detection_threshold ({:?})",
@@ -85,30 +126,18 @@ impl LeakWatch {
         false
     }
 
-    /// One look by the watcher: takes in new records, forgets returned ones, warns about the
-    /// ones held past the threshold. Returns how many it warned about.
+    /// One look by the watcher: warns about the checkouts held past the threshold that were
+    /// not warned about yet. Returns how many it warned about.
     #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn scan(
-        &self,
-        pending: &mut std::collections::VecDeque<Arc<Checkout>>,
-        now: Instant,
-        pool: &str,
-    ) -> usize {
-        while let Some(record) = self.records.pop() {
-            pending.push_back(record);
-        }
+    pub(crate) fn scan(&self, now: Instant, pool: &str) -> usize {
         let mut warned = 0;
-        while let Some(record) = pending.front() {
-            if record.returned.load(Ordering::Acquire) {
-                pending.pop_front();
+        for entry in 0..self.entries.len() {
+            // Copied out, so that the warning is not written with the entry locked.
+            let Some(record) = self.entry(entry).clone() else {
                 continue;
-            }
+            };
             let held = now.saturating_duration_since(record.at);
-            if held < self.threshold {
-                // Everything behind it was checked out later.
-                break;
-            }
-            if !record.warned.swap(true, Ordering::AcqRel) {
+            if held >= self.threshold && record.warn_once() {
                 warned += 1;
                 log::warn!(
                     "{pool}: a connection checked out at {} has been held for {held:?}, longer \
@@ -117,9 +146,16 @@ impl LeakWatch {
                     self.threshold,
                 );
             }
-            pending.pop_front();
         }
         warned
+    }
+
+    /// No code that can panic runs under the lock, so it is never poisoned; if it were, the
+    /// `Option` inside is still whole.
+    fn entry(&self, entry: usize) -> MutexGuard<'_, Option<Arc<Checkout>>> {
+        self.entries[entry]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -133,8 +169,6 @@ pub(crate) fn start<M: crate::ConnectionManager>(shared: &Arc<crate::pool::Share
     let period = watch.period();
     let pool = Arc::downgrade(shared);
     runtime.spawn(Box::pin(async move {
-        // Records seen but neither returned nor old enough to warn about, oldest first.
-        let mut pending = std::collections::VecDeque::new();
         loop {
             let (tick, stop) = {
                 let Some(shared) = pool.upgrade() else { return };
@@ -158,7 +192,7 @@ pub(crate) fn start<M: crate::ConnectionManager>(shared: &Arc<crate::pool::Share
             let Some(watch) = shared.leaks.as_ref() else {
                 return;
             };
-            let warned = watch.scan(&mut pending, shared.now(), &shared.config.name);
+            let warned = watch.scan(shared.now(), &shared.config.name);
             for _ in 0..warned {
                 crate::status::Stats::bump(&shared.stats.leaks);
             }

@@ -201,7 +201,9 @@ impl<M: ConnectionManager> Shared<M> {
             idle: IdleQueue::new(config.max_size),
             capacity: Capacity::new(config.max_size),
             governor: Governor::new(epoch, runtime.is_some()),
-            leaks: config.leak_detection_threshold.map(LeakWatch::new),
+            leaks: config
+                .leak_detection_threshold
+                .map(|threshold| LeakWatch::new(threshold, config.max_size)),
             manager,
             config,
             runtime,
@@ -589,10 +591,10 @@ impl<M: ConnectionManager> Shared<M> {
             observer
                 .on_checkout(begun.map_or(Duration::ZERO, |b| now.saturating_duration_since(b)));
         }
-        let record = Checkout::new(now, location);
-        if let Some(watch) = &this.leaks {
-            watch.watch(&record);
-        }
+        let record = match &this.leaks {
+            Some(watch) => watch.watch(now, location),
+            None => Checkout::new(now, location),
+        };
         guard.track(record);
         guard
     }

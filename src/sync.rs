@@ -27,10 +27,10 @@ pub(crate) use std::sync::PoisonError;
 /// so there is no interleaving in the `Arc` for loom to explore.
 pub(crate) use std::sync::Arc as StdArc;
 
-/// An unbounded lock-free queue of checkout records for leak detection (crossbeam's
-/// `SegQueue`). Leak detection needs a runtime, which loom models never have, so the loom
-/// build keeps the same type: no model ever pushes to it.
-pub(crate) use crossbeam_queue::SegQueue as LeakQueue;
+/// A bounded lock-free queue of the free entries of the leak watch's table (crossbeam's
+/// `ArrayQueue`). Leak detection needs a runtime, which loom models never have, so the loom
+/// build keeps the same type: no model ever uses it.
+pub(crate) use crossbeam_queue::ArrayQueue as LeakEntries;
 
 /// An unbounded FIFO of waiting `get_connection` calls: crossbeam's lock-free `SegQueue`,
 /// and under loom a `loom::sync::Mutex<VecDeque<T>>` so that models see its interleavings.
