@@ -210,15 +210,20 @@ impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
     #[inline(never)]
     fn checkout_ended(&self, record: &Checkout) {
         let shared = &**self.shared;
+        // Out of the leak watch first: the clock and the observer are user code, and if they
+        // panic the entry must still be free for the next checkout.
+        if let Some(watch) = &shared.leaks {
+            watch.unfile(record);
+        }
         let now = shared.now();
         if let Some(watch) = &shared.leaks {
             if watch.returned(record, now, &shared.config.name) {
                 crate::status::Stats::bump(&shared.stats.leaks);
             }
         }
-        if let Some(observer) = &shared.observer {
+        shared.observe_in_drop(|observer| {
             observer.on_return(now.saturating_duration_since(record.at()));
-        }
+        });
     }
 
     /// Takes the connection out of the pool for good.

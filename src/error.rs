@@ -71,6 +71,10 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
                         "; every connection is in use: return guards sooner, raise max_size or \
                          wait_timeout",
                     ),
+                    None if *phase == TimeoutPhase::Creating => f.write_str(
+                        "; check that the server is reachable and responsive, and that \
+                         wait_timeout leaves time to open a connection",
+                    ),
                     None => f.write_str("; check that the server is reachable and responsive"),
                 }
             }

@@ -105,14 +105,18 @@ impl LeakWatch {
         record
     }
 
-    /// Takes a returned checkout out of the table, warning if it was held too long and nobody
-    /// warned yet (the watcher may not have looked since the threshold passed). Returns whether
-    /// it warned.
-    pub(crate) fn returned(&self, record: &Checkout, now: Instant, pool: &str) -> bool {
+    /// Takes a returned checkout out of the table. Call it once per checkout, before
+    /// [`returned`](Self::returned).
+    pub(crate) fn unfile(&self, record: &Checkout) {
         if let Some(entry) = record.entry {
             self.entry(entry).take();
             let _ = self.free.push(entry);
         }
+    }
+
+    /// Warns about a returned checkout if it was held too long and nobody warned yet (the
+    /// watcher may not have looked since the threshold passed). Returns whether it warned.
+    pub(crate) fn returned(&self, record: &Checkout, now: Instant, pool: &str) -> bool {
         let held = now.saturating_duration_since(record.at);
         if held >= self.threshold && record.warn_once() {
             log::warn!(

@@ -314,9 +314,7 @@ impl<M: ConnectionManager> Shared<M> {
         self.stats.destroyed(reason);
         // Slot first: an observer that panics must not take the slot with it.
         self.release_slot();
-        if let Some(observer) = &self.observer {
-            observer.on_destroy(reason);
-        }
+        self.observe_in_drop(|observer| observer.on_destroy(reason));
         log::debug!(
             "{}: destroyed a connection ({}); size {}, idle {}",
             self.config.name,
@@ -324,6 +322,21 @@ impl<M: ConnectionManager> Shared<M> {
             self.size(),
             self.idle.len(),
         );
+    }
+
+    /// Calls the observer, if there is one, from code that guards run in `Drop`. While the
+    /// thread unwinds (a guard dropped by a panic, or after a first panic in the observer), a
+    /// panic in the observer is caught and dropped: escaping a destructor mid-unwind, it would
+    /// abort the process.
+    pub(crate) fn observe_in_drop(&self, event: impl FnOnce(&dyn PoolObserver)) {
+        let Some(observer) = self.observer.as_deref() else {
+            return;
+        };
+        if std::thread::panicking() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| event(observer)));
+        } else {
+            event(observer);
+        }
     }
 
     /// Makes a connection (which owns a slot) available: to the oldest waiter if anyone

@@ -156,3 +156,49 @@ fn leak_detection_needs_a_runtime_and_a_nonzero_threshold() {
         other => panic!("expected a config error, got {other:?}"),
     }
 }
+
+/// A runtime whose clock panics once when the test sets the flag, and whose tasks never run.
+struct FaultyClock(Arc<std::sync::atomic::AtomicBool>);
+
+impl connection_pool::Runtime for FaultyClock {
+    fn spawn(&self, task: connection_pool::BoxFuture<()>) {
+        drop(task);
+    }
+
+    fn sleep(&self, _duration: Duration) -> connection_pool::BoxFuture<()> {
+        unreachable!("no timeout or cleanup task is set")
+    }
+
+    fn now(&self) -> std::time::Instant {
+        let fail = self.0.swap(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(!fail, "the clock panics on purpose");
+        std::time::Instant::now()
+    }
+}
+
+#[test]
+fn a_clock_that_panics_on_return_leaves_the_leak_watch_whole() {
+    let fail_next_read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pool = ConnectionPool::builder(TestManager::new())
+        .max_size(1)
+        .validation(ValidationPolicy::Never)
+        .connection_timeout(None)
+        .wait_timeout(None)
+        .validation_timeout(None)
+        .cleanup_interval(None)
+        .leak_detection_threshold(Duration::from_secs(60))
+        .runtime(FaultyClock(Arc::clone(&fail_next_read)))
+        .build()
+        .unwrap();
+    let conn = futures_lite::future::block_on(pool.get_connection()).unwrap();
+    fail_next_read.store(true, std::sync::atomic::Ordering::SeqCst);
+    let returned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(conn)));
+    assert!(returned.is_err(), "the clock's panic reaches the caller");
+    assert_eq!(pool.status().size, 0, "the connection was destroyed");
+    // The one connection's entry in the leak watch is free again: the next checkout is
+    // watched like the first.
+    for _ in 0..3 {
+        drop(futures_lite::future::block_on(pool.get_connection()).unwrap());
+    }
+    assert_eq!(pool.status().counters.destroyed.panicked, 1);
+}

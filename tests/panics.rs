@@ -207,3 +207,66 @@ fn an_observer_panicking_on_create_return_or_destroy_never_takes_the_slot_with_i
         assert!(next.is_ok(), "{hook}: the pool still serves");
     }
 }
+
+/// An observer whose every `on_return` and `on_destroy` panics, and its first `on_create`: the
+/// pool calls `on_destroy` for the connection the first panic was about while unwinding from it.
+struct KeepsPanicking(std::sync::atomic::AtomicBool);
+
+impl connection_pool::PoolObserver for KeepsPanicking {
+    fn on_create(&self, _took: std::time::Duration) {
+        if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("on_create panics on purpose");
+        }
+    }
+
+    fn on_return(&self, _held: std::time::Duration) {
+        panic!("on_return panics on purpose");
+    }
+
+    fn on_destroy(&self, _reason: connection_pool::DestroyReason) {
+        panic!("on_destroy panics on purpose");
+    }
+}
+
+const KEEPS_PANICKING: &str =
+    "an_observer_that_panics_again_while_unwinding_does_not_abort_the_process";
+
+#[test]
+fn an_observer_that_panics_again_while_unwinding_does_not_abort_the_process() {
+    // A second panic escaping a destructor mid-unwind aborts the whole process, test harness
+    // included, so the scenario runs in a child process: this same test, with a variable set.
+    if std::env::var_os("POOL_TEST_CHILD").is_none() {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", KEEPS_PANICKING, "--test-threads=1"])
+            .env("POOL_TEST_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success() && stdout.contains(&format!("{KEEPS_PANICKING} ... ok")),
+            "{:?}\n{stdout}\n{}",
+            child.status,
+            String::from_utf8_lossy(&child.stderr)
+        );
+        return;
+    }
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(1)
+        .no_runtime()
+        .observer(KeepsPanicking(Default::default()))
+        .build()
+        .unwrap();
+    // `on_create` panics, then `on_destroy` for the new connection.
+    let created = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(futures_lite::future::block_on(pool.get_connection()));
+    }));
+    assert!(created.is_err());
+    assert_eq!((pool.status().size, manager.counts.live()), (0, 0));
+    // `on_return` panics, then `on_destroy`.
+    let returned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(futures_lite::future::block_on(pool.get_connection()).unwrap());
+    }));
+    assert!(returned.is_err());
+    assert_eq!((pool.status().size, manager.counts.live()), (0, 0));
+}

@@ -114,11 +114,15 @@ async fn the_wait_deadline_also_bounds_creation() {
     eventually("create was called", || manager.counts.create_calls() == 1).await;
     clock.advance(Duration::from_secs(4));
     match getter.await.unwrap() {
-        Err(PoolError::Timeout { phase, last_error }) => {
-            assert_eq!(phase, TimeoutPhase::Creating);
+        Err(e @ PoolError::Timeout { .. }) => {
+            let PoolError::Timeout { phase, last_error } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*phase, TimeoutPhase::Creating);
             // Nothing failed: blaming connection_timeout would send the user to the wrong
             // setting.
-            assert_eq!(last_error, None);
+            assert_eq!(*last_error, None);
+            assert!(e.to_string().contains("wait_timeout"), "{e}");
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
