@@ -114,7 +114,8 @@ impl<M: ConnectionManager> Builder<M> {
         self
     }
 
-    /// Bound on one `is_valid` call (default 5 s).
+    /// Bound on one `is_valid` call (default 5 s). A connection that does not pass its check in
+    /// time is destroyed and the `get_connection` call moves on to another one.
     pub fn validation_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.validation_timeout = timeout.into();
         self

@@ -37,16 +37,18 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// * [`PoolError::Rejected`] when creating connections fails with an error the manager
     ///   classifies as permanent: this call's own attempt, or a recent one while this call
     ///   would have had to create (it fails at once instead of waiting);
-    /// * [`PoolError::Timeout`] when `wait_timeout` passes (whatever the phase), when one
-    ///   `create_connection` outlives `connection_timeout`, or one `is_valid` outlives
-    ///   `validation_timeout`; it carries the last creation error, if any happened meanwhile;
+    /// * [`PoolError::Timeout`] when `wait_timeout` passes (whatever the phase), or when one
+    ///   `create_connection` outlives `connection_timeout`; it carries the last creation
+    ///   error, if any happened meanwhile;
     /// * [`PoolError::Closed`] when the pool is or gets closed.
     ///
     /// While creations keep failing, the pool lets one call at a time try again, after a
     /// growing delay (see [`CREATE_BACKOFF_MAX`](crate::CREATE_BACKOFF_MAX)); the others wait
     /// for it, up to their deadline.
     ///
-    /// A connection that fails validation is destroyed and the call moves on to the next one.
+    /// A connection that fails validation, or whose `is_valid` outlives `validation_timeout`,
+    /// is destroyed and the call moves on to the next one (as deadpool does with a recycle
+    /// timeout).
     ///
     /// # Cancellation
     ///
@@ -150,10 +152,24 @@ impl Deadline {
             return None;
         }
         let (_, deadline) = self.start(shared);
-        match (deadline, from_now(shared, phase_timeout)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earlier(deadline, from_now(shared, phase_timeout))
+    }
+}
+
+/// Whether the call's own deadline, rather than the phase's timeout, is what stopped a phase
+/// bounded by both; it wins a tie, since the call has no time left either way.
+pub(crate) fn call_deadline_first(
+    call_deadline: Option<Instant>,
+    phase_limit: Option<Instant>,
+) -> bool {
+    call_deadline.is_some_and(|call| phase_limit.is_none_or(|phase| call <= phase))
+}
+
+/// The earlier of two optional instants; `None` only when both are.
+pub(crate) fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -406,7 +422,9 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             }
             // Cancelled or timed out mid-check: the guard destroys the connection.
             let mut slot = Slot::holding(shared, conn, DestroyReason::ValidationAborted);
-            let limit = deadline.limit(shared, shared.config.validation_timeout);
+            let check_limit = from_now(shared, shared.config.validation_timeout);
+            let call_deadline = deadline.limit(shared, None);
+            let limit = earlier(check_limit, call_deadline);
             let check = shared.manager.is_valid(&mut slot.conn_mut().raw);
             match run_bounded(runtime, limit, check).await {
                 Ok(Ok(())) => {
@@ -421,9 +439,21 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                     slot.destroy(DestroyReason::ValidationFailed);
                     continue;
                 }
-                Err(_) => {
+                Err(_) if call_deadline_first(call_deadline, check_limit) => {
                     drop(slot);
                     return Err(timed_out(shared, TimeoutPhase::Validating, &mut deadline));
+                }
+                Err(_) => {
+                    // The connection did not answer in time: destroyed like one that failed
+                    // its check (it may hold a half-read reply), and the call moves on.
+                    log::debug!(
+                        "{}: idle connection did not pass validation within \
+                         validation_timeout ({:?}); destroyed",
+                        shared.config.name,
+                        shared.config.validation_timeout.unwrap_or_default(),
+                    );
+                    drop(slot);
+                    continue;
                 }
             }
         }

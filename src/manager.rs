@@ -68,7 +68,8 @@ pub trait ConnectionManager: Send + Sync + 'static {
     /// destroy the connection and try another one. It runs only when the pool's
     /// [`ValidationPolicy`](crate::ValidationPolicy) asks for it, bounded by
     /// `validation_timeout`; a connection whose check is cancelled or times out is destroyed,
-    /// since it may hold a half-read reply.
+    /// since it may hold a half-read reply (after a timeout the pool tries another one, as
+    /// after an error).
     fn is_valid(
         &self,
         conn: &mut Self::Connection,

@@ -69,6 +69,7 @@
 use crate::{
     background::StopSignal,
     capacity::Capacity,
+    checkout::{call_deadline_first, earlier},
     clock::{self, Stamp},
     config::{Config, ValidationPolicy},
     connection::{Conn, InUse, OwnsSlot, PooledConnection},
@@ -765,10 +766,7 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
     ) -> Result<Conn<M::Connection>, Option<Result<M::Error, StdArc<M::Error>>>> {
         let shared = self.shared;
         let started = shared.now();
-        let limit = match (timeout_at, call_deadline) {
-            (Some(timeout), Some(deadline)) => Some(timeout.min(deadline)),
-            (timeout, deadline) => timeout.or(deadline),
-        };
+        let limit = earlier(timeout_at, call_deadline);
         let created = run_bounded(
             shared.runtime.as_deref(),
             limit,
@@ -788,7 +786,7 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
                 return Ok(conn);
             }
             Ok(Err(error)) => Some(error),
-            Err(_) if call_deadline.is_some_and(|d| timeout_at.is_none_or(|t| d < t)) => {
+            Err(_) if call_deadline_first(call_deadline, timeout_at) => {
                 log::debug!(
                     "{}: a get's wait_timeout ran out while it was creating a connection; \
                      the attempt is dropped (not counted as a failure); size {}",

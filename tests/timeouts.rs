@@ -137,7 +137,7 @@ async fn the_wait_deadline_also_bounds_creation() {
 }
 
 #[tokio::test]
-async fn a_hanging_validation_times_out_and_destroys_the_connection() {
+async fn a_hanging_validation_destroys_the_connection_and_the_call_moves_on() {
     let (pool, manager, clock) = pool(1);
     drop(pool.get_connection().await.unwrap());
     manager.counts.set_validate(Gate::Hang);
@@ -146,7 +146,39 @@ async fn a_hanging_validation_times_out_and_destroys_the_connection() {
         async move { pool.get_connection().await.map(|c| c.id) }
     });
     eventually("validation started", || manager.counts.validations() == 1).await;
+    // Past validation_timeout (5 s), well inside wait_timeout (30 s): the silent connection is
+    // destroyed and a new one created in its slot, which is new and needs no check.
     clock.advance(Duration::from_secs(6));
+    let id = getter.await.unwrap().expect("a fresh connection");
+    assert_eq!(id, 1, "the second connection ever created");
+    let status = pool.status();
+    assert_eq!((status.size, status.idle), (1, 1));
+    assert_eq!(status.counters.destroyed.validation_aborted, 1);
+    assert_eq!(status.counters.timeouts, 0);
+    assert_eq!(manager.counts.live(), 1);
+}
+
+#[tokio::test]
+async fn a_validation_cut_short_by_the_wait_deadline_is_a_validating_timeout() {
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(1)
+        .wait_timeout(Duration::from_secs(3))
+        .validation_timeout(Duration::from_secs(10))
+        .validation(ValidationPolicy::Always)
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    drop(pool.get_connection().await.unwrap());
+    manager.counts.set_validate(Gate::Hang);
+    let getter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get_connection().await.map(|c| c.id) }
+    });
+    eventually("validation started", || manager.counts.validations() == 1).await;
+    clock.advance(Duration::from_secs(4));
     assert_eq!(phase(getter.await.unwrap()), TimeoutPhase::Validating);
     let status = pool.status();
     assert_eq!((status.size, status.idle), (0, 0));
