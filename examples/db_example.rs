@@ -1,7 +1,7 @@
 //! A custom connection type: an in-memory "database session" with a transaction flag, on smol.
 //!
-//! Shows `has_broken` (a session returned mid-transaction is destroyed, not reused),
-//! `mark_broken`, `detach` and `try_get_connection`.
+//! Shows `has_broken` (a session returned mid-transaction is destroyed, not reused), `detach`
+//! and `try_get_connection`.
 //!
 //! Run: `cargo run --example db_example --features smol`
 

@@ -88,6 +88,8 @@ async fn load(pool: &ConnectionPool<PostgresManager>, table: &str) -> Result<i64
 }
 
 async fn run(url: &str) -> Result<(), Box<dyn Error>> {
+    // What the output shows of the URL: never its password.
+    let shown = support::redacted(url);
     let mut config = Config::from_str(url)?;
     config.application_name(APP);
     let pool = ConnectionPool::builder(PostgresManager { config })
@@ -102,14 +104,14 @@ async fn run(url: &str) -> Result<(), Box<dyn Error>> {
     {
         let client = pool.get_connection().await.map_err(|e| {
             format!(
-                "nothing usable answers at {url}: {}\nstart PostgreSQL there, or point \
+                "nothing usable answers at {shown}: {}\nstart PostgreSQL there, or point \
                  DATABASE_URL elsewhere",
                 chain(&e)
             )
         })?;
         let version = client.query_one("SHOW server_version", &[]).await?;
         println!(
-            "PostgreSQL {} answers at {url}; pool of {MAX_SIZE}, validated with SELECT 1",
+            "PostgreSQL {} answers at {shown}; pool of {MAX_SIZE}, validated with SELECT 1",
             version.get::<_, String>(0)
         );
         // A table of this run only, dropped at the end: the server may be yours.

@@ -158,6 +158,8 @@ async fn load(pool: &ConnectionPool<RedisManager>, counter: &str) -> Result<i64,
 }
 
 async fn run(url: &str) -> Result<(), Box<dyn Error>> {
+    // What the output shows of the URL: never its password.
+    let shown = support::redacted(url);
     // This build of `redis` also has tokio support (for the tests): use smol, whose runtime
     // this is.
     let _ = redis::aio::prefer_smol();
@@ -172,7 +174,7 @@ async fn run(url: &str) -> Result<(), Box<dyn Error>> {
     let version = {
         let mut conn = pool.get_connection().await.map_err(|e| {
             format!(
-                "nothing usable answers at {url}: {e}\nstart Redis there, or point REDIS_URL \
+                "nothing usable answers at {shown}: {e}\nstart Redis there, or point REDIS_URL \
                  elsewhere"
             )
         })?;
@@ -186,7 +188,7 @@ async fn run(url: &str) -> Result<(), Box<dyn Error>> {
             .trim()
             .to_owned()
     };
-    println!("Redis {version} answers at {url}; pool of {MAX_SIZE}, validated with PING <nonce>");
+    println!("Redis {version} answers at {shown}; pool of {MAX_SIZE}, validated with PING <nonce>");
 
     // Keys of this run only, removed at the end: the server may be yours.
     let counter = format!("connection-pool-example:{:016x}:counter", fastrand::u64(..));

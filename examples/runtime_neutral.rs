@@ -30,7 +30,7 @@ use std::{
 /// The library: nothing in it names tokio, smol or async-std.
 mod shouty {
     use connection_pool::{
-        ConnectionPool, PingPong, PoolError, Runtime, Status, TcpConnectionManager,
+        ConnectionPool, PingPong, PoolError, Runtime, Status, TcpConnection, TcpConnectionManager,
         TcpConnectionPool, ValidationPolicy,
     };
     use futures_lite::{
@@ -71,6 +71,22 @@ mod shouty {
         }
     }
 
+    /// A request on its connection. Dropped before `done` (an error, or a cancelled call), it
+    /// marks the connection failed: the reply may still be on its way, and the next user would
+    /// read it as their own.
+    struct InFlight<'c> {
+        conn: &'c mut TcpConnection,
+        done: bool,
+    }
+
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            if !self.done {
+                self.conn.mark_failed();
+            }
+        }
+    }
+
     /// A client with a pool of connections to one server.
     pub struct Client {
         pool: TcpConnectionPool<PingPong>,
@@ -95,14 +111,25 @@ mod shouty {
 
         /// Sends `words`, returns the server's reply.
         ///
-        /// Cancelling it mid-request may leave the reply in flight. The PING/PONG check that
-        /// runs before every reuse then meets the stray reply instead of `PONG`, and the pool
-        /// destroys the connection rather than hand the stale reply to the next caller.
+        /// Cancelling it mid-request may leave the reply in flight, so until the reply is in,
+        /// the connection is marked failed and would be destroyed, not handed to the next
+        /// caller with a stale reply waiting. The PING/PONG check before every reuse cannot
+        /// catch that on its own: a late reply to `ping` reads just like its `PONG`.
         pub async fn shout(&self, words: &str) -> Result<String, Error> {
             let mut conn = self.pool.get_connection().await?;
-            conn.write_all(format!("{words}\n").as_bytes()).await?;
+            let mut request = InFlight {
+                conn: &mut conn,
+                done: false,
+            };
+            request
+                .conn
+                .write_all(format!("{words}\n").as_bytes())
+                .await?;
             let mut reply = String::new();
-            conn.read_line(&mut reply).await?;
+            if request.conn.read_line(&mut reply).await? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed").into());
+            }
+            request.done = true;
             Ok(reply.trim_end().to_owned())
         }
 

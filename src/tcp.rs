@@ -311,8 +311,9 @@ impl AsyncWrite for TcpConnection {
 ///
 /// The pool runs it only when its [`ValidationPolicy`](crate::ValidationPolicy) asks (by
 /// default for connections idle longer than 500 ms), bounded by `validation_timeout`. An error
-/// destroys the connection and the checkout moves on to another one; so does a check that is
-/// cancelled or times out, since it may have left a reply half-read.
+/// destroys the connection and the checkout moves on to another one; so does a check that
+/// outlives `validation_timeout`, since it may have left a reply half-read. A check cut short
+/// by the caller (its `wait_timeout`, or a dropped `get`) destroys the connection too.
 ///
 /// # Examples
 ///
@@ -386,7 +387,10 @@ fn unexpected_bytes(n: usize) -> io::Error {
 /// `+PONG\r\n` for Redis, `PING\n` and `PONG\n` for a line protocol.
 ///
 /// It first runs [`NotClosed`] (stale bytes would be misread as the reply), then writes the
-/// request and reads exactly as many bytes as the expected reply has.
+/// request and reads exactly as many bytes as the expected reply has. A reply still in flight
+/// for an abandoned request is caught when it differs from the expected reply, not when it is
+/// the same (a user's own cancelled `PING`): mark connections whose requests are abandoned
+/// half-way failed, as [`TcpConnection`] says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PingPong {
     /// Sent as is.

@@ -11,9 +11,11 @@
 
 mod postgres;
 mod process;
+mod redact;
 mod redis;
 
 pub use postgres::PostgresServer;
+pub use redact::redacted;
 pub use redis::RedisServer;
 
 use std::{fmt, io};
