@@ -2,8 +2,10 @@
 //! on tokio and on smol, plain and "hold" (each task yields once while holding the
 //! connection, so that tasks really wait and the wake-up path is measured).
 //!
-//! Within a cell the contenders are interleaved (A B C A B C ...) for `--reps` repetitions;
-//! every run gets a fresh executor and a fresh, pre-warmed pool. A run that does not finish
+//! Within a cell the contenders are interleaved for `--reps` repetitions, each repetition
+//! starting one place later in the list (A B C, B C A, C A B, ...): on this VM a run's speed
+//! depended on which contender ran just before it, so no contender keeps one place or one
+//! predecessor. Every run gets a fresh executor and a fresh, pre-warmed pool. A run that does not finish
 //! within `--hang-secs` is cancelled and the contender is marked HANG for that cell.
 
 use connection_pool_peer_benches::{
@@ -36,6 +38,7 @@ OPTIONS (lists are comma-separated):
   --exec LIST         tokio,smol [tokio,smol]
   --modes LIST        plain,hold [plain,hold]
   --hang-secs S       a run taking longer is cancelled and reported as HANG [10]
+  --wait-timeout S    every pool's wait timeout, by its own mechanism [none; bb8 needs one: 1 h]
   --threads N         executor worker threads [available CPUs]
   --out DIR           where grid.csv, grid.json and grid.txt go [benches/peers/results]
 
@@ -74,6 +77,8 @@ struct Config {
     execs: Vec<ExecKind>,
     modes: Vec<Mode>,
     hang: Duration,
+    /// Every contender's wait timeout; `None`: none (bb8 gets an hour, it cannot go without).
+    wait_timeout: Option<Duration>,
     threads: usize,
     out: PathBuf,
 }
@@ -97,6 +102,10 @@ impl Config {
             ),
             modes: args.list(USAGE, "modes", vec![Mode::Plain, Mode::Hold], Mode::parse),
             hang: Duration::from_secs_f64(args.get(USAGE, "hang-secs", 10.0)),
+            wait_timeout: match args.get(USAGE, "wait-timeout", 0.0) {
+                secs if secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+                _ => None,
+            },
             threads: args.get(USAGE, "threads", machine::cpus()).max(1),
             out: PathBuf::from(args.text("out", concat!(env!("CARGO_MANIFEST_DIR"), "/results"))),
         }
@@ -217,15 +226,13 @@ impl Run {
             hold,
             ..
         } = self;
+        let wait_timeout = config.wait_timeout;
         run_limited(
             self.exec,
             config.threads,
             config.hang,
             move |spawner| async move {
-                let opts = PoolOpts {
-                    size,
-                    wait_timeout: None,
-                };
+                let opts = PoolOpts { size, wait_timeout };
                 let body = GetDrop {
                     spawner: spawner.clone(),
                     size,
@@ -267,8 +274,15 @@ fn main() {
     let _ = writeln!(
         report,
         "Machine: {machine}. {} worker threads; {} get+drops per run (split over the tasks); \
-         median of {} interleaved runs, ns per get+drop.",
-        config.threads, config.ops, config.reps
+         median of {} interleaved runs, the order rotating, ns per get+drop; wait timeout {}.",
+        config.threads,
+        config.ops,
+        config.reps,
+        config
+            .wait_timeout
+            .map_or("none (bb8: 1 h, it needs one)".to_owned(), |t| format!(
+                "{t:?} for every pool"
+            )),
     );
     for &exec in &config.execs {
         for &mode in &config.modes {
@@ -345,9 +359,12 @@ fn measure_cell(
         })
         .collect();
     let ops = (per_task * tasks) as f64;
-    for _ in 0..config.reps {
-        // Interleaved: every contender once, then again, so drift hits them all alike.
-        for entry in entries.iter_mut() {
+    let contenders = entries.len();
+    for rep in 0..config.reps {
+        // Interleaved: every contender once, then again, so drift hits them all alike; each
+        // repetition starts one place later, so the order (which mattered) rotates too.
+        for place in 0..contenders {
+            let entry = &mut entries[(place + rep) % contenders];
             if !matches!(entry.status, Status::Ok) {
                 continue;
             }
@@ -455,7 +472,8 @@ fn summary(config: &Config, mode: Mode, cells: &[&Cell]) -> String {
         .filter_map(|c| c.ours_over_best_peer().map(|(_, r)| r))
         .collect();
     if let Some(g) = geomean(&best) {
-        parts.push(format!("best peer {g:.2}"));
+        // The fastest peer that finished each cell: where one hangs, the next one counts.
+        parts.push(format!("best finishing peer {g:.2}"));
     }
     let _ = writeln!(out, "geomean ours/X: {}", parts.join(", "));
     if mode == Mode::Hold {
@@ -564,13 +582,16 @@ fn json(config: &Config, machine_text: &str, cells: &[Cell]) -> String {
     let _ = writeln!(
         out,
         "  \"machine\": \"{}\",\n  \"unix_time\": {},\n  \"threads\": {},\n  \"ops\": {},\n  \
-         \"reps\": {},\n  \"hang_secs\": {},\n  \"cells\": [",
+         \"reps\": {},\n  \"hang_secs\": {},\n  \"wait_timeout_secs\": {},\n  \"cells\": [",
         machine::json_escape(machine_text),
         machine::unix_time(),
         config.threads,
         config.ops,
         config.reps,
         config.hang.as_secs_f64(),
+        config
+            .wait_timeout
+            .map_or("null".to_owned(), |t| t.as_secs_f64().to_string()),
     );
     for (i, cell) in cells.iter().enumerate() {
         let (best, ratio) = match cell.ours_over_best_peer() {
