@@ -576,6 +576,17 @@ pub async fn prewarm<P: BenchPool>(pool: &Arc<P>, size: usize, spawner: &Spawner
     }
 }
 
+/// What one timed run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Timed {
+    /// From the release to the last task's end.
+    pub elapsed: Duration,
+    /// The largest share of the tasks' get+drops that ran on one thread, each task counted on
+    /// the thread it finished on. 1.0: one worker did them all, so nothing contended across
+    /// cores. Exact in plain mode, where a task never yields; approximate in hold mode.
+    pub top_thread_share: f64,
+}
+
 /// Runs `tasks` tasks doing `per_task` get+drop each (yielding once while holding the
 /// connection when `hold`), all released at once, and returns the wall time from the release
 /// to the last task's end. Spawning and pre-warming are not timed.
@@ -585,15 +596,17 @@ pub async fn timed_get_drop<P: BenchPool>(
     tasks: usize,
     per_task: usize,
     hold: bool,
-) -> Duration {
+) -> Timed {
     let flavor = spawner.flavor();
     let ready = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let per_thread: Arc<std::sync::Mutex<Vec<(std::thread::ThreadId, usize)>>> = Arc::default();
     let workers: Vec<_> = (0..tasks)
         .map(|_| {
             let pool = Arc::clone(pool);
             let ready = Arc::clone(&ready);
             let gate = Arc::clone(&gate);
+            let per_thread = Arc::clone(&per_thread);
             spawner.spawn(async move {
                 ready.fetch_add(1, Ordering::SeqCst);
                 gate.acquire().await.expect("never closed").forget();
@@ -604,6 +617,13 @@ pub async fn timed_get_drop<P: BenchPool>(
                         pool.checkout_then(|| std::future::ready(())).await
                     };
                     assert!(got, "a checkout timed out without a timeout set");
+                }
+                // Once per task, after its loop: a lock here costs every contender alike.
+                let thread = std::thread::current().id();
+                let mut counts = per_thread.lock().expect("never poisoned");
+                match counts.iter_mut().find(|(t, _)| *t == thread) {
+                    Some((_, ops)) => *ops += per_task,
+                    None => counts.push((thread, per_task)),
                 }
             })
         })
@@ -617,7 +637,13 @@ pub async fn timed_get_drop<P: BenchPool>(
     for worker in workers {
         worker.await;
     }
-    start.elapsed()
+    let elapsed = start.elapsed();
+    let counts = per_thread.lock().expect("never poisoned");
+    let top = counts.iter().map(|&(_, ops)| ops).max().unwrap_or(0);
+    Timed {
+        elapsed,
+        top_thread_share: top as f64 / (tasks * per_task).max(1) as f64,
+    }
 }
 
 /// Builds a pool of `kind` (inside the run's executor) and hands it to `body`.

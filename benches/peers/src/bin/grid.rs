@@ -12,7 +12,7 @@ use connection_pool_peer_benches::{
     args::Args,
     exec::{ExecKind, Outcome, Spawner, quiet_panics, run_limited},
     machine,
-    pools::{BenchPool, Kind, PoolBody, PoolOpts, prewarm, timed_get_drop, with_pool},
+    pools::{BenchPool, Kind, PoolBody, PoolOpts, Timed, prewarm, timed_get_drop, with_pool},
     stats::{geomean, median},
 };
 use std::{
@@ -146,6 +146,8 @@ struct Entry {
     status: Status,
     /// ns per get+drop, one per finished run.
     samples: Vec<f64>,
+    /// For each sample, the largest share of its get+drops that one thread did.
+    top_thread_shares: Vec<f64>,
 }
 
 impl Entry {
@@ -200,8 +202,8 @@ struct GetDrop {
     hold: bool,
 }
 
-impl PoolBody<Duration> for GetDrop {
-    async fn run<P: BenchPool>(self, pool: Arc<P>) -> Duration {
+impl PoolBody<Timed> for GetDrop {
+    async fn run<P: BenchPool>(self, pool: Arc<P>) -> Timed {
         prewarm(&pool, self.size, &self.spawner).await;
         timed_get_drop(&pool, &self.spawner, self.tasks, self.per_task, self.hold).await
     }
@@ -217,7 +219,7 @@ struct Run {
 }
 
 impl Run {
-    fn go(&self, config: &Config) -> Outcome<Duration> {
+    fn go(&self, config: &Config) -> Outcome<Timed> {
         let &Self {
             kind,
             size,
@@ -356,6 +358,7 @@ fn measure_cell(
                 None => Status::Ok,
             },
             samples: Vec::new(),
+            top_thread_shares: Vec::new(),
         })
         .collect();
     let ops = (per_task * tasks) as f64;
@@ -377,7 +380,10 @@ fn measure_cell(
                 hold: mode == Mode::Hold,
             };
             match run.go(config) {
-                Outcome::Done(elapsed) => entry.samples.push(elapsed.as_nanos() as f64 / ops),
+                Outcome::Done(timed) => {
+                    entry.samples.push(timed.elapsed.as_nanos() as f64 / ops);
+                    entry.top_thread_shares.push(timed.top_thread_share);
+                }
                 Outcome::Hang => entry.status = Status::Hang,
                 Outcome::Panic(message) => entry.status = Status::Panic(message),
             }
@@ -452,6 +458,9 @@ fn table(config: &Config, exec: ExecKind, mode: Mode, cells: &[&Cell]) -> String
     out
 }
 
+/// A run in which one thread did more than this share of the get+drops used one core.
+const ONE_WORKER: f64 = 0.9;
+
 fn summary(config: &Config, mode: Mode, cells: &[&Cell]) -> String {
     let mut out = String::new();
     if !config.pools.contains(&Kind::Ours) {
@@ -476,6 +485,30 @@ fn summary(config: &Config, mode: Mode, cells: &[&Cell]) -> String {
         parts.push(format!("best finishing peer {g:.2}"));
     }
     let _ = writeln!(out, "geomean ours/X: {}", parts.join(", "));
+    if mode == Mode::Plain {
+        // Runs in which the executor left the second worker idle measure one core, not two.
+        let mut one_worker = Vec::new();
+        for &kind in &config.pools {
+            let shares: Vec<f64> = cells
+                .iter()
+                .filter(|c| c.tasks > 1)
+                .filter_map(|c| c.entries.iter().find(|e| e.kind == kind))
+                .flat_map(|e| e.top_thread_shares.iter().copied())
+                .collect();
+            if !shares.is_empty() {
+                let alone = shares.iter().filter(|&&s| s > ONE_WORKER).count();
+                one_worker.push(format!("{kind} {alone}/{}", shares.len()));
+            }
+        }
+        if !one_worker.is_empty() {
+            let _ = writeln!(
+                out,
+                "runs with one thread doing over {:.0} % of the get+drops (cells of 2+ tasks): {}",
+                ONE_WORKER * 100.0,
+                one_worker.join(", ")
+            );
+        }
+    }
     if mode == Mode::Hold {
         let worst = cells
             .iter()
@@ -540,7 +573,7 @@ fn unsupported_notes(cells: &[Cell]) -> String {
 fn csv(cells: &[Cell]) -> String {
     let mut out = String::from(
         "executor,mode,pool_size,tasks,ops_per_run,contender,status,median_ns,min_ns,max_ns,\
-         runs,samples_ns,ours_over_best_peer,best_peer,note\n",
+         runs,samples_ns,ours_over_best_peer,best_peer,note,top_thread_shares\n",
     );
     for cell in cells {
         let (best, ratio) = match cell.ours_over_best_peer() {
@@ -552,9 +585,14 @@ fn csv(cells: &[Cell]) -> String {
             let min = entry.samples.iter().copied().reduce(f64::min);
             let max = entry.samples.iter().copied().reduce(f64::max);
             let samples: Vec<String> = entry.samples.iter().map(|s| format!("{s:.2}")).collect();
+            let shares: Vec<String> = entry
+                .top_thread_shares
+                .iter()
+                .map(|s| format!("{s:.3}"))
+                .collect();
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 cell.exec.name(),
                 cell.mode.name(),
                 cell.size,
@@ -570,6 +608,7 @@ fn csv(cells: &[Cell]) -> String {
                 ratio,
                 best,
                 machine::csv_field(entry.status.note()),
+                shares.join(";"),
             );
         }
     }
