@@ -299,6 +299,10 @@ impl<M: ConnectionManager> Shared<M> {
     /// so the wake-up is not lost; without the check, a waiter woken for nothing would lose its
     /// place in line.
     pub(crate) fn wake_creator(&self) {
+        // Pairs with the fence a new waiter issues between publishing its place and trying to
+        // take a slot: either it sees the slot or permit just freed, or this sees its place.
+        // (crossbeam's `SegQueue::pop` happens to fence too; the pool must not rely on that.)
+        fence(Ordering::SeqCst);
         if self.capacity.can_create(self.config.max_connecting) {
             self.waitlist.wake_one();
         }
@@ -535,6 +539,8 @@ impl<M: ConnectionManager> Shared<M> {
         // Schedule the backoff before the slot is free, so that nobody dials in between.
         let failures = self.governor.failed(now, message.clone(), permanent);
         creating.abort();
+        // As in `wake_creator`: the freed slot and permit before the look at the wait list.
+        fence(Ordering::SeqCst);
         self.waitlist.wake_all();
         log::warn!(
             "{}: could not create a connection ({kind}, {failures} in a row): {message}; size {}, \

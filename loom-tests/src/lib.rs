@@ -60,6 +60,10 @@ pub struct Counts {
     created: AtomicUsize,
     /// `create_connection` calls, successful or not.
     create_calls: AtomicUsize,
+    /// `create_connection` calls running now.
+    creating: AtomicUsize,
+    /// The highest `creating` ever reached.
+    peak_creating: AtomicUsize,
     /// Ids handed to connections.
     next_id: AtomicUsize,
 }
@@ -83,6 +87,28 @@ impl Counts {
     /// `create_connection` calls, including failed and cancelled ones.
     pub fn create_calls(&self) -> usize {
         self.create_calls.load(SeqCst)
+    }
+
+    /// The most `create_connection` calls that ever ran at once.
+    pub fn peak_creating(&self) -> usize {
+        self.peak_creating.load(SeqCst)
+    }
+}
+
+/// Counts one `create_connection` call as running until dropped, however the call ends.
+struct Creating<'a>(&'a Counts);
+
+impl<'a> Creating<'a> {
+    fn start(counts: &'a Counts) -> Self {
+        let now = counts.creating.fetch_add(1, SeqCst) + 1;
+        counts.peak_creating.fetch_max(now, SeqCst);
+        Self(counts)
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.creating.fetch_sub(1, SeqCst);
     }
 }
 
@@ -179,6 +205,7 @@ impl ConnectionManager for ModelManager {
 
     async fn create_connection(&self) -> Result<ModelConn, ModelError> {
         self.counts.create_calls.fetch_add(1, SeqCst);
+        let _running = Creating::start(&self.counts);
         let step = self
             .script
             .lock()

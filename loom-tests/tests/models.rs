@@ -116,6 +116,40 @@ fn m3_a_woken_then_cancelled_waiter_passes_the_wake_up_on() {
     });
 }
 
+/// 3b. As 3, but the held connection comes back broken, so the waiter at the front is woken
+///     for the freed slot rather than served: if it is cancelled then, it must pass the
+///     wake-up on, or the other waiter sleeps beside the free slot.
+#[test]
+fn m3b_a_waiter_woken_for_a_free_slot_then_cancelled_passes_the_wake_up_on() {
+    check("m3b woken for a slot then cancelled", || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let mut held = get(&pool).unwrap();
+        held.mark_broken();
+
+        let cancelled = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let mut future = Box::pin(pool.get_connection());
+                let _ = poll_once_then_drop(future.as_mut());
+                thread::yield_now();
+                drop(future);
+            })
+        };
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || get(&pool).map(|conn| conn.id))
+        };
+        drop(held);
+        cancelled.join().unwrap();
+        waiter.join().unwrap().expect("the waiter is served");
+
+        assert!(counts.peak() <= 1, "never two connections on max_size 1");
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
 /// 4a. A failing create releases its slot and wakes the waiter parked behind it.
 #[test]
 fn m4a_a_failing_create_releases_its_slot_and_wakes_a_waiter() {
@@ -336,6 +370,28 @@ fn m7a_close_races_a_return_and_a_waiter() {
     });
 }
 
+/// 7c. `close()` wakes a parked waiter by itself: here the held connection comes back only
+///     after the waiter has ended, so no return can wake it instead.
+#[test]
+fn m7c_close_wakes_a_parked_waiter() {
+    check("m7c close wakes a waiter", || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let held = get_owned(&pool).unwrap();
+
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || matches!(get(&pool), Err(PoolError::Closed)))
+        };
+        pool.close();
+        assert!(waiter.join().unwrap(), "the waiter ends with Closed");
+        drop(held);
+
+        assert_eq!(counts.live(), 0, "a closed pool keeps no connection");
+        assert_eq!(pool.status().size, 0);
+    });
+}
+
 /// 7b. Dropping the last pool handle races the return of a checked-out connection: the
 ///     connection is destroyed whichever comes first, and loom's leak check sees every `Arc`
 ///     of the pool's state dropped.
@@ -409,6 +465,11 @@ fn m9_a_finished_creation_wakes_a_getter_held_back_by_max_connecting() {
         assert_ne!(mine.id, other.id);
         assert_eq!(counts.created(), 2);
         assert_eq!(counts.peak(), 2);
+        assert_eq!(
+            counts.peak_creating(),
+            1,
+            "max_connecting 1: one creation at a time"
+        );
         assert_eq!(pool.status().connecting, 0);
         drop((mine, other));
         drop(pool);
