@@ -48,8 +48,9 @@
 //!   waiter it takes a connection back out of the idle queue and hands it over. A getter that
 //!   has counted itself but not yet published its place is left to find the connection itself.
 //! * A getter publishes its place, then tries to create; a slot or permit release frees
-//!   capacity, then wakes the oldest waiter. The compare-and-swap on the capacity word and the
-//!   wait list's own synchronisation order the two.
+//!   capacity, then looks at the wait list and wakes the oldest waiter. A failed
+//!   compare-and-swap on the capacity word is only a load, so the release side fences too
+//!   (`wake_creator`, `create_failed`) instead of relying on the wait queue's internals.
 //!
 //! A waiter that gives up (timeout, cancellation) after being handed a connection gives the
 //! connection on to the next waiter; one that gives up after being woken wakes the next.
