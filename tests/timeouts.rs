@@ -23,6 +23,14 @@ fn pool(max_size: usize) -> (ConnectionPool<TestManager>, TestManager, Arc<Manua
     (pool, manager, clock)
 }
 
+/// A `get_connection` on its own task, returning the connection's id.
+fn spawn_get(
+    pool: &ConnectionPool<TestManager>,
+) -> tokio::task::JoinHandle<Result<usize, PoolError<common::TestError>>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.get_connection().await.map(|c| c.id) })
+}
+
 fn phase<T: std::fmt::Debug>(result: Result<T, PoolError<common::TestError>>) -> TimeoutPhase {
     match result {
         Err(PoolError::Timeout { phase, .. }) => phase,
@@ -34,10 +42,7 @@ fn phase<T: std::fmt::Debug>(result: Result<T, PoolError<common::TestError>>) ->
 async fn waiting_times_out_at_wait_timeout() {
     let (pool, manager, clock) = pool(1);
     let held = pool.get_connection().await.unwrap();
-    let waiter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get_connection().await.map(|c| c.id) }
-    });
+    let waiter = spawn_get(&pool);
     eventually("the waiter is parked", || pool.status().waiters == 1).await;
     clock.advance(Duration::from_secs(29));
     tokio::task::yield_now().await;
@@ -79,10 +84,7 @@ async fn a_per_call_timeout_overrides_wait_timeout() {
 async fn a_hanging_create_times_out_and_frees_its_slot() {
     let (pool, manager, clock) = pool(1);
     manager.counts.set_create(Gate::Hang);
-    let getter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get_connection().await.map(|c| c.id) }
-    });
+    let getter = spawn_get(&pool);
     eventually("create was called", || manager.counts.create_calls() == 1).await;
     assert_eq!(pool.status().size, 1, "the creation holds a slot");
     clock.advance(Duration::from_secs(11));
@@ -107,10 +109,7 @@ async fn the_wait_deadline_also_bounds_creation() {
         .build()
         .unwrap();
     manager.counts.set_create(Gate::Hang);
-    let getter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get_connection().await.map(|c| c.id) }
-    });
+    let getter = spawn_get(&pool);
     eventually("create was called", || manager.counts.create_calls() == 1).await;
     clock.advance(Duration::from_secs(4));
     match getter.await.unwrap() {
@@ -141,10 +140,7 @@ async fn a_hanging_validation_destroys_the_connection_and_the_call_moves_on() {
     let (pool, manager, clock) = pool(1);
     drop(pool.get_connection().await.unwrap());
     manager.counts.set_validate(Gate::Hang);
-    let getter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get_connection().await.map(|c| c.id) }
-    });
+    let getter = spawn_get(&pool);
     eventually("validation started", || manager.counts.validations() == 1).await;
     // Past validation_timeout (5 s), well inside wait_timeout (30 s): the silent connection is
     // destroyed and a new one created in its slot, which is new and needs no check.
@@ -173,10 +169,7 @@ async fn a_validation_cut_short_by_the_wait_deadline_is_a_validating_timeout() {
         .unwrap();
     drop(pool.get_connection().await.unwrap());
     manager.counts.set_validate(Gate::Hang);
-    let getter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get_connection().await.map(|c| c.id) }
-    });
+    let getter = spawn_get(&pool);
     eventually("validation started", || manager.counts.validations() == 1).await;
     clock.advance(Duration::from_secs(4));
     assert_eq!(phase(getter.await.unwrap()), TimeoutPhase::Validating);
@@ -191,18 +184,12 @@ async fn a_timeout_carries_the_last_creation_failure() {
     let (pool, manager, clock) = pool(2);
     let _held = pool.get_connection().await.unwrap();
     manager.counts.set_create(Gate::Hang);
-    let first = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get_connection().await.map(|c| c.id) }
-    });
+    let first = spawn_get(&pool);
     eventually("first create started", || {
         manager.counts.create_calls() == 2
     })
     .await;
-    let second = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get_connection().await.map(|c| c.id) }
-    });
+    let second = spawn_get(&pool);
     eventually("second call waits", || pool.status().waiters == 1).await;
     // The first create times out; once the governor's retry delay has passed, the waiter
     // creates, and hangs too.

@@ -5,12 +5,27 @@
 //! Run: `cd loom-tests && RUSTFLAGS="--cfg loom" cargo test --release`
 #![cfg(loom)]
 
-use connection_pool::PoolError;
+use connection_pool::{ConnectionPool, PoolError};
 use connection_pool_loom_tests::{
     Create, ModelManager, check, get, get_owned, poll_once_then_drop, pool, pool_connecting,
 };
 use loom::thread;
 use std::time::{Duration, Instant};
+
+/// A thread whose `get_connection` is polled once, then dropped. The first poll finds no
+/// connection, so it registers as a waiter (or, if a return already happened, takes the
+/// connection, which the drop gives back).
+fn spawn_get_cancelled_after_one_poll(
+    pool: &ConnectionPool<ModelManager>,
+) -> thread::JoinHandle<()> {
+    let pool = pool.clone();
+    thread::spawn(move || {
+        let mut future = Box::pin(pool.get_connection());
+        let _ = poll_once_then_drop(future.as_mut());
+        thread::yield_now();
+        drop(future);
+    })
+}
 
 /// 1. Lost wake-up: a getter finds the queue empty and no free slot while another thread
 ///    returns the only connection. The getter must not sleep through the return.
@@ -90,17 +105,7 @@ fn m3_a_woken_then_cancelled_waiter_passes_the_wake_up_on() {
         let counts = pool.manager().counts.clone();
         let held = get(&pool).unwrap();
 
-        let cancelled = {
-            let pool = pool.clone();
-            thread::spawn(move || {
-                let mut future = Box::pin(pool.get_connection());
-                // First poll: no connection, so it registers as a waiter (or, if the return
-                // already happened, takes the connection, which the drop below gives back).
-                let _ = poll_once_then_drop(future.as_mut());
-                thread::yield_now();
-                drop(future);
-            })
-        };
+        let cancelled = spawn_get_cancelled_after_one_poll(&pool);
         let waiter = {
             let pool = pool.clone();
             thread::spawn(move || get(&pool).map(|conn| conn.id))
@@ -127,15 +132,7 @@ fn m3b_a_waiter_woken_for_a_free_slot_then_cancelled_passes_the_wake_up_on() {
         let mut held = get(&pool).unwrap();
         held.mark_broken();
 
-        let cancelled = {
-            let pool = pool.clone();
-            thread::spawn(move || {
-                let mut future = Box::pin(pool.get_connection());
-                let _ = poll_once_then_drop(future.as_mut());
-                thread::yield_now();
-                drop(future);
-            })
-        };
+        let cancelled = spawn_get_cancelled_after_one_poll(&pool);
         let waiter = {
             let pool = pool.clone();
             thread::spawn(move || get(&pool).map(|conn| conn.id))
