@@ -155,7 +155,7 @@ def render(rows, title):
                     if len(points) > 1:
                         out.append(polyline(points, colour, stroke, dash))
                     points = []
-                    if r["status"] in ("hang", "panic"):
+                    if r["status"] in ("hang", "slow", "panic"):
                         out.append(cross(x, y0 + 6, colour, r["status"].upper(), c))
                     elif r["status"] == "unsupported":
                         unsupported.setdefault((c, executor), r["note"])
@@ -179,7 +179,10 @@ def render(rows, title):
         )
         out.append(f'<text x="{x + 30}" y="{y + 4}">{escape(c)}</text>')
         x += 40 + 7 * len(c) + 22
-    notes = ["× on a panel's top edge: HANG (the run did not finish within the limit)"]
+    notes = [
+        "× on a panel's top edge: HANG (no get+drop completed for the hang limit), "
+        "SLOW (still going at the total limit) or PANIC"
+    ]
     notes += [
         f"{c} does not run on {e} (it panics; see the CSV's note column)"
         for (c, e) in unsupported

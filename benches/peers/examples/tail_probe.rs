@@ -19,7 +19,7 @@
 //! the `tail` binary knows (default `ours,deadpool`), `ROUNDS` defaults to 3 and `SECS` to 4.
 
 use connection_pool_peer_benches::{
-    exec::{ExecKind, Outcome, Spawner, run_limited},
+    exec::{ExecKind, Limits, Outcome, Spawner, run_limited},
     pools::{BenchPool, Kind, PoolBody, PoolOpts, prewarm, with_pool},
     stats::percentile,
 };
@@ -208,21 +208,33 @@ fn main() {
                 size: SIZE,
                 wait_timeout: Some(WAIT_TIMEOUT),
             };
+            // A fixed-time run reports no progress: it is judged by its total time alone.
             let limit = Duration::from_secs_f64(secs) + Duration::from_secs(10);
-            let outcome = run_limited(ExecKind::Tokio, threads, limit, move |spawner| async move {
-                let body = ProbeBody {
-                    spawner: spawner.clone(),
-                    secs,
-                };
-                with_pool(kind, opts, &spawner, body).await
-            });
+            let limits = Limits {
+                stall: limit,
+                total: limit,
+            };
+            let outcome = run_limited(
+                ExecKind::Tokio,
+                threads,
+                limits,
+                move |spawner, _| async move {
+                    let body = ProbeBody {
+                        spawner: spawner.clone(),
+                        secs,
+                    };
+                    with_pool(kind, opts, &spawner, body).await
+                },
+            );
             match outcome {
                 Outcome::Done(probe) => {
                     totals[index].0 += probe.late_at.len();
                     totals[index].1 += 1;
                     report(kind, round, probe);
                 }
-                Outcome::Hang => println!("round {round} {:>10}: HANG", kind.name()),
+                Outcome::Hang | Outcome::Overran => {
+                    println!("round {round} {:>10}: HANG", kind.name())
+                }
                 Outcome::Panic(message) => {
                     println!("round {round} {:>10}: PANIC {message}", kind.name())
                 }

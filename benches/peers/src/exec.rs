@@ -1,6 +1,6 @@
 //! The executors a run can use (a fresh tokio multi-thread runtime or a fresh smol `Executor`
-//! on its own threads), and [`run_limited`], which gives a run a time limit and reports a run
-//! that overstays it as a hang instead of waiting for it.
+//! on its own threads), and [`run_limited`], which cancels a run that stops making progress
+//! (a hang) or that runs too long, instead of waiting for it.
 
 use futures_lite::FutureExt;
 use std::{
@@ -9,10 +9,14 @@ use std::{
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{Arc, Weak, mpsc},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     task::{Context, Poll},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Which executor a run uses.
@@ -170,27 +174,83 @@ impl<T> Future for Join<T> {
 pub enum Outcome<T> {
     /// It finished with this value.
     Done(T),
-    /// It did not finish within the limit; it was cancelled.
+    /// It made no progress for the stall limit; it was cancelled.
     Hang,
+    /// It was still making progress at the total limit; it was cancelled.
+    Overran,
     /// It panicked (a pool that cannot run on this executor, typically); the message.
     Panic(String),
 }
 
-/// Runs the future made by `make` on a fresh executor of `kind` with `threads` worker threads,
-/// for at most `limit`.
+/// When [`run_limited`] gives up on a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A run whose [`Progress`] does not move for this long is a hang. A run that never
+    /// reports progress is judged by its total time against this limit alone.
+    pub stall: Duration,
+    /// A run still going after this long is cancelled even while it progresses, so one very
+    /// slow contender cannot hold the whole benchmark up.
+    pub total: Duration,
+}
+
+/// How often the waiting thread looks at a run's progress.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// The work a run's tasks have done so far, for telling a slow run from a stuck one.
 ///
-/// The caller's thread only waits on a channel, so a run whose tasks all wait for ever (a lost
-/// wake-up) or even spin is still noticed at the limit. Its tasks are then cancelled by shutting
-/// the executor down; a thread stuck in a spin is left behind rather than waited for.
-pub fn run_limited<T, F, Fut>(
-    kind: ExecKind,
-    threads: usize,
-    limit: Duration,
-    make: F,
-) -> Outcome<T>
+/// A run installs one [`TaskCounter`] per task with [`Progress::counters`]; each task advances
+/// only its own, which sits on a cache line of its own, so counting adds no shared-line write
+/// to the measured loop (a shared counter would, and would slow the runs it measures).
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    counters: Arc<Mutex<Option<Arc<[TaskCounter]>>>>,
+}
+
+impl Progress {
+    /// Installs `tasks` fresh counters, all at zero, and returns them. Counters installed
+    /// earlier in the run stop counting; call this once, before the timed part starts.
+    pub fn counters(&self, tasks: usize) -> Arc<[TaskCounter]> {
+        let fresh: Arc<[TaskCounter]> = (0..tasks).map(|_| TaskCounter::default()).collect();
+        *self.counters.lock().expect("never poisoned") = Some(Arc::clone(&fresh));
+        fresh
+    }
+
+    /// The sum of the installed counters; a snapshot.
+    fn total(&self) -> usize {
+        let counters = self.counters.lock().expect("never poisoned");
+        counters
+            .iter()
+            .flat_map(|all| all.iter())
+            .map(|counter| counter.0.load(Ordering::Relaxed))
+            .fold(0, usize::wrapping_add)
+    }
+}
+
+/// One task's count of finished operations (see [`Progress`]).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct TaskCounter(AtomicUsize);
+
+impl TaskCounter {
+    /// Records that the task has finished `done` operations. Only the task that owns the
+    /// counter writes it, so a plain store does; no read-modify-write is needed.
+    pub fn set(&self, done: usize) {
+        self.0.store(done, Ordering::Relaxed);
+    }
+}
+
+/// Runs the future made by `make` on a fresh executor of `kind` with `threads` worker threads,
+/// until it finishes, stalls or overruns (see [`Limits`]). `make` gets the executor's spawner
+/// and the [`Progress`] the run may report to.
+///
+/// The caller's thread only waits on a channel and looks at the progress now and then, so a
+/// run whose tasks all wait for ever (a lost wake-up) or even spin is still noticed. Its tasks
+/// are then cancelled by shutting the executor down; a thread stuck in a spin is left behind
+/// rather than waited for.
+pub fn run_limited<T, F, Fut>(kind: ExecKind, threads: usize, limits: Limits, make: F) -> Outcome<T>
 where
     T: Send + 'static,
-    F: FnOnce(Spawner) -> Fut,
+    F: FnOnce(Spawner, Progress) -> Fut,
     Fut: Future<Output = T> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel();
@@ -198,6 +258,7 @@ where
         let result = AssertUnwindSafe(fut).catch_unwind().await;
         let _ = tx.send(result.map_err(panic_message));
     };
+    let progress = Progress::default();
     match kind {
         ExecKind::Tokio => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -206,8 +267,8 @@ where
                 .build()
                 .expect("build a tokio runtime");
             let spawner = Spawner::Tokio(runtime.handle().clone());
-            drop(runtime.spawn(wrap(make(spawner))));
-            let outcome = wait(&rx, limit);
+            drop(runtime.spawn(wrap(make(spawner, progress.clone()))));
+            let outcome = wait(&rx, limits, &progress);
             match outcome {
                 // Every task has finished: dropping the runtime just joins its threads.
                 Outcome::Done(_) => drop(runtime),
@@ -226,8 +287,10 @@ where
                 })
                 .collect();
             let spawner = Spawner::Smol(Arc::downgrade(&executor));
-            executor.spawn(wrap(make(spawner))).detach();
-            let outcome = wait(&rx, limit);
+            executor
+                .spawn(wrap(make(spawner, progress.clone())))
+                .detach();
+            let outcome = wait(&rx, limits, &progress);
             // Closing the channel ends every worker's `run` at its next scheduling point.
             drop(stop);
             if matches!(outcome, Outcome::Done(_)) {
@@ -243,11 +306,32 @@ where
     }
 }
 
-fn wait<T>(rx: &mpsc::Receiver<Result<T, String>>, limit: Duration) -> Outcome<T> {
-    match rx.recv_timeout(limit) {
-        Ok(Ok(value)) => Outcome::Done(value),
-        Ok(Err(message)) => Outcome::Panic(message),
-        Err(_) => Outcome::Hang,
+fn wait<T>(
+    rx: &mpsc::Receiver<Result<T, String>>,
+    limits: Limits,
+    progress: &Progress,
+) -> Outcome<T> {
+    let start = Instant::now();
+    let (mut seen, mut moved_at) = (progress.total(), start);
+    loop {
+        match rx.recv_timeout(LOOK_EVERY) {
+            Ok(Ok(value)) => return Outcome::Done(value),
+            Ok(Err(message)) => return Outcome::Panic(message),
+            // The run's future was dropped without a result: it can no longer finish.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Outcome::Hang,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        let total = progress.total();
+        if total != seen {
+            (seen, moved_at) = (total, now);
+        }
+        if now.duration_since(moved_at) >= limits.stall {
+            return Outcome::Hang;
+        }
+        if now.duration_since(start) >= limits.total {
+            return Outcome::Overran;
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //!   executor's timeout when one is asked for);
 //! * mobc keeps `max_idle` = pool size (its default of 2 would measure connection churn).
 
-use crate::exec::{Flavor, Spawner};
+use crate::exec::{Flavor, Progress, Spawner};
 use crossbeam_queue::ArrayQueue;
 use std::{
     collections::VecDeque,
@@ -576,6 +576,11 @@ pub async fn prewarm<P: BenchPool>(pool: &Arc<P>, size: usize, spawner: &Spawner
     }
 }
 
+/// How many get+drops a task does between reports to the run's [`Progress`]: rarely enough
+/// that the store costs nothing next to them, often enough that a run of 1,024 tasks making
+/// progress shows it long before the stall limit.
+pub const REPORT_EVERY: usize = 16;
+
 /// What one timed run measured.
 #[derive(Debug, Clone, Copy)]
 pub struct Timed {
@@ -589,34 +594,42 @@ pub struct Timed {
 
 /// Runs `tasks` tasks doing `per_task` get+drop each (yielding once while holding the
 /// connection when `hold`), all released at once, and returns the wall time from the release
-/// to the last task's end. Spawning and pre-warming are not timed.
+/// to the last task's end. Spawning and pre-warming are not timed. Each task reports its
+/// count to `progress` every [`REPORT_EVERY`] get+drops and at its end.
 pub async fn timed_get_drop<P: BenchPool>(
     pool: &Arc<P>,
     spawner: &Spawner,
+    progress: &Progress,
     tasks: usize,
     per_task: usize,
     hold: bool,
 ) -> Timed {
     let flavor = spawner.flavor();
+    let counters = progress.counters(tasks);
     let ready = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let per_thread: Arc<std::sync::Mutex<Vec<(std::thread::ThreadId, usize)>>> = Arc::default();
     let workers: Vec<_> = (0..tasks)
-        .map(|_| {
+        .map(|task| {
             let pool = Arc::clone(pool);
             let ready = Arc::clone(&ready);
             let gate = Arc::clone(&gate);
             let per_thread = Arc::clone(&per_thread);
+            let counters = Arc::clone(&counters);
             spawner.spawn(async move {
+                let counter = &counters[task];
                 ready.fetch_add(1, Ordering::SeqCst);
                 gate.acquire().await.expect("never closed").forget();
-                for _ in 0..per_task {
+                for done in 1..=per_task {
                     let got = if hold {
                         pool.checkout_then(|| flavor.yield_now()).await
                     } else {
                         pool.checkout_then(|| std::future::ready(())).await
                     };
                     assert!(got, "a checkout timed out without a timeout set");
+                    if done % REPORT_EVERY == 0 || done == per_task {
+                        counter.set(done);
+                    }
                 }
                 // Once per task, after its loop: a lock here costs every contender alike.
                 let thread = std::thread::current().id();

@@ -5,12 +5,13 @@
 //! Within a cell the contenders are interleaved for `--reps` repetitions, each repetition
 //! starting one place later in the list (A B C, B C A, C A B, ...): on this VM a run's speed
 //! depended on which contender ran just before it, so no contender keeps one place or one
-//! predecessor. Every run gets a fresh executor and a fresh, pre-warmed pool. A run that does not finish
-//! within `--hang-secs` is cancelled and the contender is marked HANG for that cell.
+//! predecessor. Every run gets a fresh executor and a fresh, pre-warmed pool. A run in which no
+//! get+drop completes for `--hang-secs` is cancelled and the contender is marked HANG for that
+//! cell; one still making progress after `--max-secs` is cancelled and marked SLOW.
 
 use connection_pool_peer_benches::{
     args::Args,
-    exec::{ExecKind, Outcome, Spawner, quiet_panics, run_limited},
+    exec::{ExecKind, Limits, Outcome, Progress, Spawner, quiet_panics, run_limited},
     machine,
     pools::{BenchPool, Kind, PoolBody, PoolOpts, Timed, prewarm, timed_get_drop, with_pool},
     stats::{geomean, median},
@@ -37,7 +38,8 @@ OPTIONS (lists are comma-separated):
   --pools LIST        ours,deadpool,bb8,mobc,qp,arrayqueue,mutex+sem [all]
   --exec LIST         tokio,smol [tokio,smol]
   --modes LIST        plain,hold [plain,hold]
-  --hang-secs S       a run taking longer is cancelled and reported as HANG [10]
+  --hang-secs S       a run in which no get+drop completes for S s is cancelled: HANG [10]
+  --max-secs S        a run still going after S s is cancelled: SLOW [120]
   --wait-timeout S    every pool's wait timeout, by its own mechanism [none; bb8 needs one: 1 h]
   --threads N         executor worker threads [available CPUs]
   --out DIR           where grid.csv, grid.json and grid.txt go [benches/peers/results]
@@ -76,7 +78,7 @@ struct Config {
     pools: Vec<Kind>,
     execs: Vec<ExecKind>,
     modes: Vec<Mode>,
-    hang: Duration,
+    limits: Limits,
     /// Every contender's wait timeout; `None`: none (bb8 gets an hour, it cannot go without).
     wait_timeout: Option<Duration>,
     threads: usize,
@@ -101,7 +103,10 @@ impl Config {
                 ExecKind::parse,
             ),
             modes: args.list(USAGE, "modes", vec![Mode::Plain, Mode::Hold], Mode::parse),
-            hang: Duration::from_secs_f64(args.get(USAGE, "hang-secs", 10.0)),
+            limits: Limits {
+                stall: Duration::from_secs_f64(args.get(USAGE, "hang-secs", 10.0)),
+                total: Duration::from_secs_f64(args.get(USAGE, "max-secs", 120.0)),
+            },
             wait_timeout: match args.get(USAGE, "wait-timeout", 0.0) {
                 secs if secs > 0.0 => Some(Duration::from_secs_f64(secs)),
                 _ => None,
@@ -116,7 +121,10 @@ impl Config {
 #[derive(Clone, Debug)]
 enum Status {
     Ok,
+    /// No get+drop completed for the stall limit.
     Hang,
+    /// Still progressing at the total limit.
+    Slow,
     Panic(String),
     /// It panicked in the probe run on this executor, so it was not run in the grid.
     Unsupported(String),
@@ -127,6 +135,7 @@ impl Status {
         match self {
             Self::Ok => "ok",
             Self::Hang => "hang",
+            Self::Slow => "slow",
             Self::Panic(_) => "panic",
             Self::Unsupported(_) => "unsupported",
         }
@@ -134,7 +143,7 @@ impl Status {
 
     fn note(&self) -> &str {
         match self {
-            Self::Ok | Self::Hang => "",
+            Self::Ok | Self::Hang | Self::Slow => "",
             Self::Panic(message) | Self::Unsupported(message) => message,
         }
     }
@@ -196,6 +205,7 @@ impl Cell {
 /// Pre-warm, then the timed get+drop run, for whichever pool `with_pool` builds.
 struct GetDrop {
     spawner: Spawner,
+    progress: Progress,
     size: usize,
     tasks: usize,
     per_task: usize,
@@ -205,7 +215,15 @@ struct GetDrop {
 impl PoolBody<Timed> for GetDrop {
     async fn run<P: BenchPool>(self, pool: Arc<P>) -> Timed {
         prewarm(&pool, self.size, &self.spawner).await;
-        timed_get_drop(&pool, &self.spawner, self.tasks, self.per_task, self.hold).await
+        timed_get_drop(
+            &pool,
+            &self.spawner,
+            &self.progress,
+            self.tasks,
+            self.per_task,
+            self.hold,
+        )
+        .await
     }
 }
 
@@ -232,11 +250,12 @@ impl Run {
         run_limited(
             self.exec,
             config.threads,
-            config.hang,
-            move |spawner| async move {
+            config.limits,
+            move |spawner, progress| async move {
                 let opts = PoolOpts { size, wait_timeout };
                 let body = GetDrop {
                     spawner: spawner.clone(),
+                    progress,
                     size,
                     tasks,
                     per_task,
@@ -254,8 +273,9 @@ fn main() {
     let started = Instant::now();
     let machine = machine::describe();
     eprintln!(
-        "grid: {machine}; {} worker threads, {} get+drops per run, {} reps, hang limit {:?}",
-        config.threads, config.ops, config.reps, config.hang
+        "grid: {machine}; {} worker threads, {} get+drops per run, {} reps, hang after {:?} \
+         without progress, slow after {:?}",
+        config.threads, config.ops, config.reps, config.limits.stall, config.limits.total
     );
 
     let mut cells = Vec::new();
@@ -331,8 +351,8 @@ fn probe(config: &Config, exec: ExecKind) -> Vec<(Kind, String)> {
                 eprintln!("{kind} does not run on {}: {message}", exec.name());
                 unsupported.push((kind, message));
             }
-            Outcome::Hang => {
-                eprintln!("{kind} hung in the probe run on {}", exec.name());
+            Outcome::Hang | Outcome::Overran => {
+                eprintln!("{kind} did not finish the probe run on {}", exec.name());
             }
         }
     }
@@ -385,6 +405,7 @@ fn measure_cell(
                     entry.top_thread_shares.push(timed.top_thread_share);
                 }
                 Outcome::Hang => entry.status = Status::Hang,
+                Outcome::Overran => entry.status = Status::Slow,
                 Outcome::Panic(message) => entry.status = Status::Panic(message),
             }
         }
@@ -403,6 +424,7 @@ fn show(entry: &Entry) -> String {
     match (&entry.status, entry.median()) {
         (Status::Ok, Some(m)) => format_ns(m),
         (Status::Hang, _) => "HANG".to_owned(),
+        (Status::Slow, _) => "SLOW".to_owned(),
         (Status::Panic(_), _) => "PANIC".to_owned(),
         (Status::Unsupported(_), _) => "n/a".to_owned(),
         (Status::Ok, None) => "-".to_owned(),
@@ -529,9 +551,10 @@ fn summary(config: &Config, mode: Mode, cells: &[&Cell]) -> String {
         let bad: Vec<String> = cells
             .iter()
             .filter(|c| {
-                c.entries
-                    .iter()
-                    .any(|e| e.kind == kind && matches!(e.status, Status::Hang | Status::Panic(_)))
+                c.entries.iter().any(|e| {
+                    e.kind == kind
+                        && matches!(e.status, Status::Hang | Status::Slow | Status::Panic(_))
+                })
             })
             .map(|c| format!("{}x{}", c.size, c.tasks))
             .collect();
@@ -540,7 +563,7 @@ fn summary(config: &Config, mode: Mode, cells: &[&Cell]) -> String {
         }
     }
     if !hangs.is_empty() {
-        let _ = writeln!(out, "hangs/panics: {}", hangs.join("; "));
+        let _ = writeln!(out, "hangs, slow runs, panics: {}", hangs.join("; "));
     }
     out
 }
@@ -621,13 +644,14 @@ fn json(config: &Config, machine_text: &str, cells: &[Cell]) -> String {
     let _ = writeln!(
         out,
         "  \"machine\": \"{}\",\n  \"unix_time\": {},\n  \"threads\": {},\n  \"ops\": {},\n  \
-         \"reps\": {},\n  \"hang_secs\": {},\n  \"wait_timeout_secs\": {},\n  \"cells\": [",
+         \"reps\": {},\n  \"hang_secs\": {},\n  \"max_secs\": {},\n  \"wait_timeout_secs\": {},\n  \"cells\": [",
         machine::json_escape(machine_text),
         machine::unix_time(),
         config.threads,
         config.ops,
         config.reps,
-        config.hang.as_secs_f64(),
+        config.limits.stall.as_secs_f64(),
+        config.limits.total.as_secs_f64(),
         config
             .wait_timeout
             .map_or("null".to_owned(), |t| t.as_secs_f64().to_string()),

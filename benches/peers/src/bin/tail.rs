@@ -10,7 +10,7 @@
 
 use connection_pool_peer_benches::{
     args::Args,
-    exec::{ExecKind, Outcome, Spawner, quiet_panics, run_limited},
+    exec::{ExecKind, Limits, Outcome, Spawner, quiet_panics, run_limited},
     machine,
     pools::{BenchPool, Kind, PoolBody, PoolOpts, SharedInstant, prewarm, with_pool},
     stats::percentile,
@@ -183,7 +183,12 @@ fn main() {
             elapsed: Duration::ZERO,
         })
         .collect();
+    // A fixed-time run reports no progress: it is judged by its total time alone.
     let limit = Duration::from_secs_f64(config.secs) + config.hang;
+    let limits = Limits {
+        stall: limit,
+        total: limit,
+    };
     for round in 0..config.rounds {
         for row in rows.iter_mut().filter(|r| r.status == "ok") {
             let (kind, size, tasks, secs, hold) = (
@@ -200,8 +205,8 @@ fn main() {
             let outcome = run_limited(
                 ExecKind::Tokio,
                 config.threads,
-                limit,
-                move |spawner| async move {
+                limits,
+                move |spawner, _progress| async move {
                     let body = TailBody {
                         spawner: spawner.clone(),
                         size,
@@ -224,7 +229,7 @@ fn main() {
                     row.timeouts += waits.timeouts;
                     row.elapsed += waits.elapsed;
                 }
-                Outcome::Hang => {
+                Outcome::Hang | Outcome::Overran => {
                     eprintln!("round {}: {kind}: HANG", round + 1);
                     row.status = "hang".to_owned();
                 }
