@@ -70,12 +70,22 @@ pub(crate) async fn sleep_while_wanted<M: ConnectionManager>(
 /// `false`, `tick` may be awaited again; after `true` it must not be.
 #[cfg(not(loom))]
 async fn tick_unless_stopped(tick: &mut BoxFuture<()>, stop: &mut EventListener) -> bool {
+    unless_stopped(tick.as_mut(), stop).await.is_some()
+}
+
+/// Runs `work` until it finishes (its output) or `stop` fires (`None`; `work` may be resumed
+/// or dropped). `work` is polled first, so a result ready together with the stop is kept.
+#[cfg(not(loom))]
+pub(crate) async fn unless_stopped<F: Future + ?Sized>(
+    mut work: Pin<&mut F>,
+    stop: &mut EventListener,
+) -> Option<F::Output> {
     poll_fn(|cx| {
-        if tick.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(true);
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
         }
         if Pin::new(&mut *stop).poll(cx).is_ready() {
-            return Poll::Ready(false);
+            return Poll::Ready(None);
         }
         Poll::Pending
     })

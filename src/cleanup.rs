@@ -64,9 +64,12 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Creates connections until `min_idle` are idle, the pool is full, or a create fails.
+    /// Without a `connection_timeout`, each attempt is given up (not counted as a failure)
+    /// after `give_up_after`, so that a hanging backend cannot hold a connect permit for ever
+    /// where no caller asked to wait for it.
     // Only the background loop calls it, and that loop does not exist under loom.
     #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) async fn top_up(&self) -> usize {
+    pub(crate) async fn top_up(&self, give_up_after: Duration) -> usize {
         let mut created = 0;
         while !self.is_closed() && self.idle.len() < self.config.min_idle {
             // The top-up obeys the connect governor like any caller, but never waits for it:
@@ -81,12 +84,13 @@ impl<M: ConnectionManager> Shared<M> {
             let Some(creating) = Creating::begin(self, max_connecting) else {
                 break;
             };
-            let timeout_at = self
-                .config
-                .connection_timeout
-                .and_then(|t| self.now().checked_add(t));
+            let now = self.now();
+            let (timeout_at, give_up_at) = match self.config.connection_timeout {
+                Some(timeout) => (now.checked_add(timeout), None),
+                None => (None, now.checked_add(give_up_after)),
+            };
             // A failure is recorded (and logged) by `run`; the next tick tries again.
-            let Ok(conn) = creating.run(timeout_at, None).await else {
+            let Ok(conn) = creating.run(timeout_at, give_up_at).await else {
                 break;
             };
             created += 1;
@@ -138,7 +142,8 @@ pub(crate) fn start<M: ConnectionManager>(
 }
 
 /// The background loop. It holds only a weak reference between ticks, so dropping the pool
-/// ends it; closing the pool or replacing the loop wakes it to end at once.
+/// ends it; closing the pool or replacing the loop wakes it to end at once, even in the middle
+/// of a `min_idle` top-up.
 #[cfg(not(loom))]
 async fn run<M: ConnectionManager>(
     pool: crate::sync::Weak<Shared<M>>,
@@ -148,11 +153,20 @@ async fn run<M: ConnectionManager>(
     loop {
         let (tick, stop) = {
             let Some(shared) = pool.upgrade() else { return };
-            let stop = shared.background_stop.listen();
+            let mut stop = shared.background_stop.listen();
             if !shared.cleanup_current(generation) {
                 return;
             }
-            shared.top_up().await;
+            // A top-up can wait on a slow or hanging `create_connection` while it holds the
+            // pool: a stop drops it (and with it the creation's slot and permit), and the loop
+            // re-checks whether it is still wanted.
+            let top_up = std::pin::pin!(shared.top_up(interval));
+            if crate::background::unless_stopped(top_up, &mut stop)
+                .await
+                .is_none()
+            {
+                continue;
+            }
             let Some(runtime) = shared.runtime.as_deref() else {
                 return;
             };

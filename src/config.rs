@@ -60,7 +60,9 @@ pub struct Config {
     /// Connections are closed this long after creation (less up to 2.5 % random jitter), on
     /// return or by the cleanup task; `None` lets them live for ever.
     pub max_lifetime: Option<Duration>,
-    /// Bound on one `create_connection` call; `None` waits for ever.
+    /// Bound on one `create_connection` call; `None` waits for ever (a `get_connection`
+    /// still only as long as its `wait_timeout`; the cleanup task's `min_idle` top-up gives an
+    /// attempt up after one `cleanup_interval`).
     pub connection_timeout: Option<Duration>,
     /// Bound on a whole `get_connection` call; `None` waits for ever.
     pub wait_timeout: Option<Duration>,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ManualClock, ManualRuntime, TestManager, advance_until, eventually, running};
+use common::{Gate, ManualClock, ManualRuntime, TestManager, advance_until, eventually, running};
 use connection_pool::{Builder, ConnectionPool, PooledConnection, ValidationPolicy};
 use std::{sync::Arc, time::Duration};
 
@@ -201,4 +201,79 @@ async fn restarting_replaces_the_task_and_dropping_the_pool_ends_every_backgroun
         running(&spawned) == 0
     })
     .await;
+}
+
+/// A pool whose `min_idle` top-up is stuck in a `create_connection` that never returns, with
+/// no `connection_timeout` and the one connect permit taken.
+async fn stuck_top_up(
+    manager: &TestManager,
+    runtime: ManualRuntime,
+) -> ConnectionPool<TestManager> {
+    manager.counts.set_create(Gate::Hang);
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(4)
+        .max_connecting(1)
+        .min_idle(1)
+        .connection_timeout(None)
+        .wait_timeout(10 * SECOND)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(30 * SECOND)
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    eventually("the top-up is creating", || pool.status().connecting == 1).await;
+    pool
+}
+
+#[tokio::test]
+async fn closing_or_dropping_the_pool_ends_a_top_up_in_flight() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let runtime = ManualRuntime::new(&clock);
+    let spawned = runtime.spawned.clone();
+    let pool = stuck_top_up(&manager, runtime).await;
+    pool.close();
+    // The clock never moves: the creation is dropped because the pool closed, not timed out.
+    eventually("the top-up's creation was dropped", || {
+        pool.status().connecting == 0
+    })
+    .await;
+    assert_eq!(pool.status().size, 0);
+    drop(pool);
+    eventually("the cleanup task ended", || running(&spawned) == 0).await;
+    eventually("nothing keeps the pool's state alive", || {
+        Arc::strong_count(&manager.counts) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stopping_the_cleanup_task_frees_the_permit_of_its_top_up() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = stuck_top_up(&manager, ManualRuntime::new(&clock)).await;
+    manager.counts.set_create(Gate::Ok);
+    pool.stop_cleanup_task();
+    eventually("the top-up's creation was dropped", || {
+        pool.status().connecting == 0
+    })
+    .await;
+    // Without the fix the getter waited for the permit until its wait_timeout.
+    let conn = pool.get_connection().await.expect("the permit is free");
+    drop(conn);
+    assert_eq!(pool.status().counters.create_failures, 0);
+}
+
+#[tokio::test]
+async fn without_connection_timeout_a_top_up_attempt_is_given_up_after_one_interval() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = stuck_top_up(&manager, ManualRuntime::new(&clock)).await;
+    clock.advance(29 * SECOND);
+    tokio::task::yield_now().await;
+    assert_eq!(pool.status().connecting, 1, "not before the interval");
+    clock.advance(2 * SECOND);
+    eventually("the attempt was given up", || pool.status().connecting == 0).await;
+    // Dropped like a cancelled attempt: no failure, so no backoff for the callers.
+    assert_eq!(pool.status().counters.create_failures, 0);
+    manager.counts.set_create(Gate::Ok);
+    let conn = pool.get_connection().await.expect("the permit is free");
+    drop(conn);
 }
