@@ -185,7 +185,13 @@ impl<M: ConnectionManager> Builder<M> {
     /// # Errors
     ///
     /// [`PoolError::Config`] naming the first bad setting, or [`PoolError::NoRuntime`] when a
-    /// timeout, the cleanup task or leak detection is set without a runtime. Never panics.
+    /// timeout, the cleanup task or leak detection is set without a runtime.
+    ///
+    /// # Panics
+    ///
+    /// Never for a bad setting. Only if the runtime's [`spawn`](Runtime::spawn) panics, as
+    /// `tokio::spawn` does outside a tokio runtime; [`TokioRuntime`](crate::TokioRuntime)
+    /// spawns through the handle it was made with, so building works anywhere.
     pub fn build(self) -> Result<ConnectionPool<M>, PoolError<M::Error>> {
         let Builder {
             manager,

@@ -39,7 +39,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     ///   would have had to create (it fails at once instead of waiting);
     /// * [`PoolError::Timeout`] when `wait_timeout` passes (whatever the phase), or when one
     ///   `create_connection` outlives `connection_timeout`; it carries the last creation
-    ///   error, if any happened meanwhile;
+    ///   error, if one happened meanwhile or creations have kept failing since;
     /// * [`PoolError::Closed`] when the pool is or gets closed.
     ///
     /// While creations keep failing, the pool lets one call at a time try again, after a
@@ -117,7 +117,7 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     }
 }
 
-/// The one absolute deadline of a `get_connection` call, computed at its first slow step so
+/// The one absolute deadline of a `get_connection` call, computed when the slow path begins so
 /// that the fast path reads no clock for it. It never re-arms when a woken waiter loses a race.
 struct Deadline {
     wait_timeout: Option<Duration>,
@@ -370,9 +370,15 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
     initial: Option<Conn<M::Connection>>,
 ) -> Result<PooledConnection<'a, M>, PoolError<M::Error>> {
     let runtime = shared.runtime.as_deref();
-    // The observer wants the wait time of every checkout; nothing else reads the clock here.
-    let begun = shared.observer.as_ref().map(|_| shared.now());
     let mut deadline = Deadline::new(wait_timeout);
+    // Started here, not at the first step that needs a limit: a timeout reports the creation
+    // errors since the call began, and the elapsed time, from this start. The clock is the
+    // runtime's code: if it panics, the guard gives the slot of a connection in hand back.
+    let held = initial.map(|conn| Slot::holding(shared, conn, DestroyReason::Panicked));
+    let (start, _) = deadline.start(shared);
+    let initial = held.map(Slot::into_conn);
+    // The observer wants the wait time of every checkout.
+    let begun = shared.observer.as_ref().map(|_| start);
     // This call's place in line while it waits, and whether it was counted as waiting.
     let mut queued: Option<Queued<'_, M>> = None;
     let mut counted = false;
@@ -392,10 +398,14 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                 }
             }
         }
-        if candidate.is_none() {
-            if shared.is_closed() {
-                return Err(PoolError::Closed);
+        if shared.is_closed() {
+            // Served by a return that raced `close`: the connection is not handed out.
+            if let Some(conn) = candidate {
+                shared.destroy(conn, DestroyReason::Closed);
             }
+            return Err(PoolError::Closed);
+        }
+        if candidate.is_none() {
             match &queued {
                 // 1. An idle connection, unless others wait: they are served first.
                 None if shared.waitlist.waiting() == 0 => candidate = shared.idle.pop(),
@@ -411,7 +421,10 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         }
 
         if let Some(conn) = candidate {
+            // The clock is the runtime's code: if it panics, the guard gives the slot back.
+            let held = Slot::holding(shared, conn, DestroyReason::Panicked);
             let now = shared.stamp();
+            let conn = held.into_conn();
             if let Some(reason) = shared.expiry(&conn, now) {
                 shared.destroy(conn, reason);
                 continue;
@@ -542,8 +555,13 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             continue;
         }
         // The call's deadline passed, or the governor's delay ended and this call may try to
-        // create again. Either way it leaves the line, keeping a connection handed over.
-        let expired = limit.is_some_and(|limit| shared.now() >= limit);
+        // create again. Either way it leaves the line, keeping a connection handed over. Which
+        // one is told by the timer that fired, as in the other phases, not by the clock: a
+        // clock that lags the timer (a coarse one) would send the call to the back of the line
+        // for another sleep, and one that stands still would keep it there for ever.
+        let expired = limit.is_some_and(|limit| {
+            retry_at.is_none_or(|retry| limit <= retry) || shared.now() >= limit
+        });
         match queued.take().map(Queued::abandon) {
             Some(Resolution::Served(conn)) => pending = Some(conn),
             Some(Resolution::Woken) if expired => shared.wake_creator(),

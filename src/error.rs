@@ -34,7 +34,8 @@ pub enum PoolError<E> {
         /// What the call was doing when its time ran out.
         phase: TimeoutPhase,
         /// The message of the most recent `create_connection` failure in this pool during the
-        /// call, if there was one: it usually explains why no connection became free.
+        /// call, or before it when no creation has succeeded since (the pool is backing off),
+        /// if there was one: it usually explains why no connection became free.
         last_error: Option<String>,
     },
     /// The manager failed to create a connection.

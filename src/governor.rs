@@ -130,11 +130,14 @@ impl<E> Governor<E> {
         self.failures.swap(0, Ordering::AcqRel) > 0
     }
 
-    /// The message of the last creation failure, if it happened at or after `since`.
+    /// The message of the last creation failure, if it happened at or after `since` or no
+    /// creation has succeeded since it. A call that began after an outage started, and spent
+    /// its time held back by the backoff, needs that failure to explain its timeout as much as
+    /// one that saw it happen.
     pub(crate) fn error_since(&self, since: Instant) -> Option<String> {
         let last = self.last.lock().ok()?;
         last.as_ref()
-            .filter(|last| last.at >= since)
+            .filter(|last| last.at >= since || self.is_failing())
             .map(|last| last.message.clone())
     }
 }

@@ -437,6 +437,8 @@ impl<M: ConnectionManager> Shared<M> {
         let unwinding = PanicGuard::new(self);
         let mut conn = conn;
         let broken = self.manager.has_broken(&mut conn.raw);
+        // The runtime's clock is user code too, so it is read under the guard as well.
+        let now = self.stamp();
         unwinding.disarm();
         if broken {
             self.destroy(conn, DestroyReason::Broken);
@@ -446,7 +448,6 @@ impl<M: ConnectionManager> Shared<M> {
             self.destroy(conn, DestroyReason::Closed);
             return;
         }
-        let now = self.stamp();
         if conn.expired(now) {
             self.destroy(conn, DestroyReason::MaxLifetime);
             return;
@@ -795,7 +796,8 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
             Ok(Err(error)) => Some(error),
             Err(_) if call_deadline_first(call_deadline, timeout_at) => {
                 log::debug!(
-                    "{}: a get's wait_timeout ran out while it was creating a connection; \
+                    "{}: a creation outlived its caller's deadline (a get's wait_timeout, or \
+                     one cleanup_interval for a min_idle top-up without connection_timeout); \
                      the attempt is dropped (not counted as a failure); size {}",
                     shared.config.name,
                     shared.size(),
@@ -846,8 +848,10 @@ impl<M: ConnectionManager> ConnectionPool<M> {
             return None;
         }
         loop {
-            let conn = shared.idle.pop()?;
+            // The clock before the pop, as in `get_connection`: a custom runtime's clock that
+            // panicked with a connection in hand would lose its slot.
             let now = shared.stamp();
+            let conn = shared.idle.pop()?;
             match shared.expiry(&conn, now) {
                 Some(reason) => shared.destroy(conn, reason),
                 None => {

@@ -51,7 +51,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Runs `task` to completion in the background. The pool spawns only its cleanup loop and,
     /// when leak detection is on, its leak watcher; both hold only a weak reference to the pool
     /// and end when it is dropped. If the task is dropped or never runs, that background work
-    /// stops; getting and returning connections (and their timeouts) keep working.
+    /// stops; getting and returning connections (and their timeouts) keep working. It is called
+    /// from [`Builder::build`](crate::Builder::build) and
+    /// [`restart_cleanup_task`](crate::ConnectionPool::restart_cleanup_task), and a panic in it
+    /// reaches their caller.
     fn spawn(&self, task: BoxFuture<()>);
 
     /// A future that completes once `duration` has passed on this runtime's clock.

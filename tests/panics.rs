@@ -9,6 +9,15 @@ mod common;
 
 use common::{Gate, TestManager};
 use connection_pool::{ConnectionPool, TokioRuntime, ValidationPolicy};
+use futures_lite::future::block_on;
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 fn pool(manager: &TestManager) -> ConnectionPool<TestManager> {
     ConnectionPool::builder(manager.clone())
@@ -269,4 +278,103 @@ fn an_observer_that_panics_again_while_unwinding_does_not_abort_the_process() {
     }));
     assert!(returned.is_err());
     assert_eq!((pool.status().size, manager.counts.live()), (0, 0));
+}
+
+/// A runtime whose clock panics on the `n`th read from now when the test arms it, and whose
+/// tasks never run (no timeout or cleanup task is set).
+struct FaultyClock(Arc<AtomicUsize>);
+
+impl FaultyClock {
+    /// The clock's `reads`th read from now panics (1: the next one).
+    fn panic_at_read(&self, reads: usize) {
+        self.0.store(reads, Ordering::SeqCst);
+    }
+}
+
+impl connection_pool::Runtime for FaultyClock {
+    fn spawn(&self, task: connection_pool::BoxFuture<()>) {
+        drop(task);
+    }
+
+    fn sleep(&self, _duration: Duration) -> connection_pool::BoxFuture<()> {
+        unreachable!("no timeout or cleanup task is set")
+    }
+
+    fn now(&self) -> Instant {
+        let left = self.0.load(Ordering::SeqCst);
+        if left > 0 {
+            self.0.store(left - 1, Ordering::SeqCst);
+            assert!(left != 1, "the clock panics on purpose");
+        }
+        Instant::now()
+    }
+}
+
+fn pool_with_faulty_clock(
+    validation: ValidationPolicy,
+) -> (ConnectionPool<TestManager>, FaultyClock) {
+    let countdown = Arc::new(AtomicUsize::new(0));
+    let pool = ConnectionPool::builder(TestManager::new())
+        .max_size(1)
+        .validation(validation)
+        .no_runtime()
+        .runtime(FaultyClock(Arc::clone(&countdown)))
+        .build()
+        .unwrap();
+    (pool, FaultyClock(countdown))
+}
+
+/// The one slot is free again: a checkout succeeds at once.
+fn assert_slot_free(pool: &ConnectionPool<TestManager>) {
+    let status = pool.status();
+    assert_eq!(status.in_use, 0, "{status:?}");
+    drop(block_on(pool.get_connection()).expect("the slot came back"));
+}
+
+#[test]
+fn a_clock_that_panics_as_a_connection_is_returned_frees_its_slot() {
+    let (pool, clock) = pool_with_faulty_clock(ValidationPolicy::Never);
+    let conn = block_on(pool.get_connection()).unwrap();
+    clock.panic_at_read(1);
+    let returned = catch_unwind(AssertUnwindSafe(|| drop(conn)));
+    assert!(returned.is_err(), "the clock's panic reaches the caller");
+    assert_eq!(pool.status().size, 0, "the connection was destroyed");
+    assert_eq!(pool.status().counters.destroyed.panicked, 1);
+    assert_slot_free(&pool);
+}
+
+#[test]
+fn a_clock_that_panics_in_try_get_connection_leaves_the_idle_connection_idle() {
+    let (pool, clock) = pool_with_faulty_clock(ValidationPolicy::Never);
+    drop(block_on(pool.get_connection()).unwrap());
+    clock.panic_at_read(1);
+    let tried = catch_unwind(AssertUnwindSafe(|| pool.try_get_connection().is_some()));
+    assert!(tried.is_err(), "the clock's panic reaches the caller");
+    let status = pool.status();
+    assert_eq!((status.size, status.idle), (1, 1), "{status:?}");
+    assert_slot_free(&pool);
+}
+
+#[test]
+fn a_clock_that_panics_on_the_slow_path_with_a_connection_in_hand_frees_its_slot() {
+    // With validation on, a checkout reads the clock three times: before the pop (nothing in
+    // hand), then on the slow path twice with the popped connection in hand.
+    for read in [2, 3] {
+        let (pool, clock) = pool_with_faulty_clock(ValidationPolicy::Always);
+        drop(block_on(pool.get_connection()).unwrap());
+        clock.panic_at_read(read);
+        let got = catch_unwind(AssertUnwindSafe(|| block_on(pool.get_connection()).is_ok()));
+        assert!(
+            got.is_err(),
+            "read {read}: the clock's panic reaches the caller"
+        );
+        let status = pool.status();
+        assert_eq!(
+            (status.size, status.in_use),
+            (0, 0),
+            "read {read}: {status:?}"
+        );
+        assert_eq!(status.counters.destroyed.panicked, 1, "read {read}");
+        assert_slot_free(&pool);
+    }
 }

@@ -217,3 +217,114 @@ async fn a_timeout_carries_the_last_creation_failure() {
     }
     assert_eq!(pool.status().size, 1, "only the held connection");
 }
+
+/// A runtime whose clock never moves while its timers run in real time: the pool must trust
+/// its timers for every deadline, as the `Runtime` contract lets it.
+struct FrozenClock(std::time::Instant);
+
+impl connection_pool::Runtime for FrozenClock {
+    fn spawn(&self, task: connection_pool::BoxFuture<()>) {
+        drop(tokio::spawn(task));
+    }
+
+    fn sleep(&self, duration: Duration) -> connection_pool::BoxFuture<()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+
+    fn now(&self) -> std::time::Instant {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn a_wait_times_out_by_its_timer_even_when_the_clock_stands_still() {
+    let pool = ConnectionPool::builder(TestManager::new())
+        .max_size(1)
+        .wait_timeout(Duration::from_millis(20))
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(FrozenClock(std::time::Instant::now()))
+        .build()
+        .unwrap();
+    let held = pool.get_connection().await.unwrap();
+    // Before, the woken waiter read the clock, found its deadline not yet passed and queued
+    // again, for ever.
+    let waited = tokio::time::timeout(Duration::from_secs(5), pool.get_connection()).await;
+    let result = waited
+        .expect("the call returns at its deadline")
+        .map(|c| c.id);
+    assert_eq!(phase(result), TimeoutPhase::Waiting);
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_timeout_while_the_pool_backs_off_names_the_failure_that_started_it() {
+    let (pool, manager, clock) = pool(4);
+    manager.counts.set_create(Gate::Fail);
+    assert!(matches!(
+        pool.get_connection().await,
+        Err(PoolError::Backend(_))
+    ));
+    // This call begins after the failure, and spends its time held back by the backoff.
+    clock.advance(Duration::from_millis(1));
+    let getter = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(5);
+            pool.get_connection_timeout(timeout).await.map(|c| c.id)
+        })
+    };
+    eventually("the call is held back", || pool.status().waiters == 1).await;
+    clock.advance(Duration::from_millis(10));
+    let result = getter.await.unwrap();
+    let message = result.as_ref().err().map(ToString::to_string);
+    match result {
+        Err(PoolError::Timeout { phase, last_error }) => {
+            assert_eq!(phase, TimeoutPhase::Waiting);
+            // Before, no error: the message blamed connections in use, in a pool of size 0.
+            let last_error = last_error.expect("the failure that started the backoff");
+            assert!(last_error.contains("refused by the test"), "{last_error}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(!message.unwrap().contains("in use"));
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn a_create_timeout_without_wait_timeout_reports_the_failure() {
+    // A real clock: the failure has to be recorded strictly before the timeout is reported,
+    // which a manual clock that stands still cannot show.
+    let pool = ConnectionPool::builder(TestManager::new())
+        .wait_timeout(None)
+        .connection_timeout(Duration::from_millis(20))
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(RealClock)
+        .build()
+        .unwrap();
+    pool.manager().counts.set_create(Gate::Hang);
+    let result = pool.get_connection().await.map(|c| c.id);
+    assert_eq!(pool.status().counters.create_failures, 1);
+    match result {
+        Err(PoolError::Timeout { phase, last_error }) => {
+            assert_eq!(phase, TimeoutPhase::Creating);
+            let last_error = last_error.expect("the timed-out attempt");
+            assert!(last_error.contains("connection_timeout"), "{last_error}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+/// Tokio's timers and the system clock, without the `tokio` feature.
+struct RealClock;
+
+impl connection_pool::Runtime for RealClock {
+    fn spawn(&self, task: connection_pool::BoxFuture<()>) {
+        drop(tokio::spawn(task));
+    }
+
+    fn sleep(&self, duration: Duration) -> connection_pool::BoxFuture<()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
