@@ -83,7 +83,9 @@ pub struct Counters {
     pub detached: u64,
     /// Connections destroyed, by reason.
     pub destroyed: DestroyedCounts,
-    /// `get_connection` calls that had to wait for a connection.
+    /// `get_connection` calls that found nothing free and joined the line of waiters. Some
+    /// find a connection in the re-check right after joining and never sleep; counting them
+    /// too keeps the check-out path free of another counter update.
     pub waited: u64,
     /// `get_connection` calls that timed out.
     pub timeouts: u64,
