@@ -7,10 +7,12 @@
 //!
 //! Each connection keeps a read buffer for its whole life, so it implements `AsyncBufRead`
 //! (read a line, a length-prefixed frame, ...) as well as `AsyncRead` and `AsyncWrite`. It
-//! remembers any I/O error or end of stream it sees, and the manager's
-//! [`has_broken`](ConnectionManager::has_broken) reads that flag, together with "bytes were left
-//! unread", when the connection is returned: a socket in an unknown state never goes back to
-//! the pool.
+//! remembers any I/O error or end of stream it sees, and whether something was written that
+//! nothing has been read after. When the connection is returned, the manager's
+//! [`has_broken`](ConnectionManager::has_broken) destroys it if it failed, if bytes were left
+//! unread, or if a request went out and no reply was read (a cancelled request: its reply
+//! would reach the next user). What it cannot see is the rest of a reply that was read only in
+//! part and is still on its way: mark such a connection failed yourself.
 
 use crate::{manager::ConnectionManager, pool::ConnectionPool};
 use futures_lite::{
@@ -36,24 +38,30 @@ pub type TcpConnectionPool<H = NotClosed> = ConnectionPool<TcpConnectionManager<
 /// (feature `tcp`).
 ///
 /// The address is resolved on every connect, so a DNS change is followed by the connections
-/// opened after it; an `ip:port` is parsed without a lookup, a host name is looked up on
-/// async-io's blocking thread pool. New connections have `TCP_NODELAY` set (request/response
+/// opened after it; an `ip:port` is parsed without a lookup, a host name is looked up on the
+/// `blocking` crate's thread pool. New connections have `TCP_NODELAY` set (request/response
 /// traffic should not wait for Nagle's algorithm); turn it off with
 /// [`nodelay(false)`](Self::nodelay).
 ///
 /// The default health check, [`NotClosed`], costs no round trip and catches a connection the
 /// server closed or reset, or one with unexpected bytes waiting. It cannot tell that a server
 /// stopped answering: give the manager a [`PingPong`] or your own [`HealthCheck`] when the
-/// protocol has a ping.
+/// protocol has a ping, and the pool a runtime, so that `validation_timeout` bounds the round
+/// trip (without one, a check of a server that stopped answering waits for ever).
+///
+/// A connection returned after a write with no read since is destroyed, since the reply may
+/// still arrive and reach the next user. For a protocol in which the server does not answer
+/// every write (log shipping, a publisher), turn that off with
+/// [`expect_replies(false)`](Self::expect_replies).
 ///
 /// # Examples
 ///
-/// A pool of connections to a line-based server that answers `PING` with `PONG`. It needs no
-/// runtime feature; with one, pass `.runtime(...)` instead of `.no_runtime()` to get timeouts
-/// and the cleanup task.
+/// A pool of connections to a line-based server. It needs no runtime feature; with one, pass
+/// `.runtime(...)` instead of `.no_runtime()` to get timeouts and the cleanup task (and then
+/// a [`PingPong`] check, bounded by `validation_timeout`, for a server that says `PONG`).
 ///
 /// ```
-/// use connection_pool::{ConnectionPool, PingPong, TcpConnectionManager};
+/// use connection_pool::{ConnectionPool, TcpConnectionManager};
 /// use futures_lite::io::{AsyncBufReadExt, AsyncWriteExt};
 /// use std::io::{BufRead, BufReader, Write};
 ///
@@ -74,7 +82,7 @@ pub type TcpConnectionPool<H = NotClosed> = ConnectionPool<TcpConnectionManager<
 ///     }
 /// });
 ///
-/// let manager = TcpConnectionManager::new(addr).health_check(PingPong::new("PING\n", "PONG\n"));
+/// let manager = TcpConnectionManager::new(addr);
 /// let pool = ConnectionPool::builder(manager).max_size(2).no_runtime().build()?;
 ///
 /// futures_lite::future::block_on(async {
@@ -95,6 +103,8 @@ pub struct TcpConnectionManager<H = NotClosed> {
     health_check: H,
     /// Whether new connections get `TCP_NODELAY`.
     nodelay: bool,
+    /// Whether a connection returned with a request unanswered is destroyed.
+    expect_replies: bool,
 }
 
 impl TcpConnectionManager<NotClosed> {
@@ -109,6 +119,7 @@ impl TcpConnectionManager<NotClosed> {
             address: address.to_string(),
             health_check: NotClosed,
             nodelay: true,
+            expect_replies: true,
         }
     }
 }
@@ -120,12 +131,23 @@ impl<H: HealthCheck> TcpConnectionManager<H> {
             address: self.address,
             health_check: check,
             nodelay: self.nodelay,
+            expect_replies: self.expect_replies,
         }
     }
 
     /// Whether new connections get `TCP_NODELAY` (default `true`).
     pub fn nodelay(mut self, nodelay: bool) -> Self {
         self.nodelay = nodelay;
+        self
+    }
+
+    /// Whether every write expects a reply (default `true`): a connection returned after a
+    /// write that no read followed is then destroyed, because the reply may still arrive and
+    /// would be read by the next user. Turn it off for a protocol in which the server does not
+    /// answer every write; the connection is then kept, and requests abandoned half-way must be
+    /// marked failed by hand ([`TcpConnection::mark_failed`]).
+    pub fn expect_replies(mut self, expect_replies: bool) -> Self {
+        self.expect_replies = expect_replies;
         self
     }
 
@@ -153,6 +175,7 @@ impl<H: HealthCheck> ConnectionManager for TcpConnectionManager<H> {
         Ok(TcpConnection {
             io: BufReader::new(stream),
             failed: false,
+            unanswered: false,
         })
     }
 
@@ -166,9 +189,10 @@ impl<H: HealthCheck> ConnectionManager for TcpConnectionManager<H> {
     }
 
     /// A connection that saw an I/O error or end of stream, or was returned with bytes left
-    /// unread (the next user would read the previous reply), is destroyed.
+    /// unread or (with [`expect_replies`](Self::expect_replies)) with a request whose reply
+    /// was never read, is destroyed: the next user would read the previous user's reply.
     fn has_broken(&self, conn: &mut TcpConnection) -> bool {
-        conn.failed || !conn.io.buffer().is_empty()
+        conn.failed || !conn.io.buffer().is_empty() || (self.expect_replies && conn.unanswered)
     }
 }
 
@@ -177,9 +201,10 @@ impl<H: HealthCheck> ConnectionManager for TcpConnectionManager<H> {
 /// Read and write it with futures-lite's (or the `futures` crate's) `AsyncReadExt`,
 /// `AsyncBufReadExt` and `AsyncWriteExt`. Its read buffer lives as long as the connection.
 /// An I/O error, an end of stream, a `close` or a failed health check marks it failed, and the
-/// pool destroys a failed connection when its guard is dropped. When a request is abandoned
-/// half-way (a timeout around it, a cancelled task), the reply may still arrive later: call
-/// [`mark_failed`](Self::mark_failed), or
+/// pool destroys a failed connection when its guard is dropped. So is one returned after a
+/// write that no read followed (see [`TcpConnectionManager::expect_replies`]). When a request
+/// is abandoned after its reply was read in part (a timeout around it, a cancelled task), the
+/// rest may still arrive later: call [`mark_failed`](Self::mark_failed), or
 /// [`PooledConnection::mark_broken`](crate::PooledConnection::mark_broken) on the guard.
 ///
 /// tokio code that wants tokio's I/O traits can wrap it with `tokio_util::compat`.
@@ -189,6 +214,8 @@ pub struct TcpConnection {
     io: BufReader<async_net::TcpStream>,
     /// Set once an I/O error, an end of stream or a failed health check was seen.
     failed: bool,
+    /// Something was written and nothing read since: a reply may be on its way.
+    unanswered: bool,
 }
 
 impl TcpConnection {
@@ -248,8 +275,10 @@ impl AsyncRead for TcpConnection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(0)) = result {
-            this.failed |= !buf.is_empty();
+        match result {
+            Poll::Ready(Ok(0)) => this.failed |= !buf.is_empty(),
+            Poll::Ready(Ok(_)) => this.unanswered = false,
+            _ => {}
         }
         this.note(&result);
         result
@@ -264,6 +293,8 @@ impl AsyncBufRead for TcpConnection {
             Poll::Ready(Ok(buf)) => {
                 if buf.is_empty() {
                     this.failed = true;
+                } else {
+                    this.unanswered = false;
                 }
                 Poll::Ready(Ok(buf))
             }
@@ -288,6 +319,9 @@ impl AsyncWrite for TcpConnection {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(1..)) = result {
+            this.unanswered = true;
+        }
         this.note(&result);
         result
     }
@@ -391,6 +425,10 @@ fn unexpected_bytes(n: usize) -> io::Error {
 /// for an abandoned request is caught when it differs from the expected reply, not when it is
 /// the same (a user's own cancelled `PING`): mark connections whose requests are abandoned
 /// half-way failed, as [`TcpConnection`] says.
+///
+/// Give the pool a runtime with it: the round trip is bounded by `validation_timeout` (5 s by
+/// default), and without a runtime there is none, so a server that accepts connections but no
+/// longer answers would keep the check, and the `get_connection` running it, waiting for ever.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PingPong {
     /// Sent as is.
@@ -419,12 +457,14 @@ impl HealthCheck for PingPong {
         if *reply == *self.reply {
             Ok(())
         } else {
+            // Not the bytes themselves: they may be a late reply to another user's request,
+            // and this error is logged.
             Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "health check expected {:?}, got {:?}",
+                    "health check expected {:?}, got {} other bytes",
                     String::from_utf8_lossy(&self.reply),
-                    String::from_utf8_lossy(&reply)
+                    reply.len()
                 ),
             ))
         }

@@ -425,21 +425,55 @@ mod scenarios {
         assert_eq!(status.counters.created, 1, "{status:?}");
         assert_eq!(status.counters.destroyed.total(), 0, "{status:?}");
 
-        // The server closes an idle connection: the check on the next checkout notices, and
-        // the caller gets a fresh connection instead.
+        // A request abandoned before its reply was read (a cancelled task): the connection is
+        // destroyed on return, so the late reply never reaches the next user.
         {
             let mut conn = pool.get_connection().await.expect("a connection");
-            conn.write_all(b"BYE\n").await.expect("sent");
+            conn.write_all(b"the first user's secret\n")
+                .await
+                .expect("sent");
             conn.flush().await.expect("flushed");
         }
         runtime.sleep(Duration::from_millis(50)).await;
         let mut conn = pool.get_connection().await.expect("a fresh connection");
         assert_eq!(
+            request(&mut conn, "the second user")
+                .await
+                .expect("a reply"),
+            "the second user\n"
+        );
+        drop(conn);
+        let status = pool.status();
+        assert_eq!(status.counters.destroyed.broken, 1, "{status:?}");
+        assert_eq!(status.counters.created, 2, "{status:?}");
+
+        // The server closes an idle connection: the check on the next checkout notices, and
+        // the caller gets a fresh connection instead. (`BYE` has no reply; this pool is told
+        // not to expect one for every write.)
+        let quiet = ConnectionPool::builder(
+            TcpConnectionManager::new(server.addr())
+                .health_check(PingPong::new("PING\n", "PONG\n"))
+                .expect_replies(false),
+        )
+        .max_size(1)
+        .validation(ValidationPolicy::Always)
+        .runtime(runtime.clone())
+        .build()
+        .expect("a valid pool");
+        {
+            let mut conn = quiet.get_connection().await.expect("a connection");
+            conn.write_all(b"BYE\n").await.expect("sent");
+            conn.flush().await.expect("flushed");
+        }
+        assert_eq!(quiet.status().idle, 1, "kept: no reply was expected");
+        runtime.sleep(Duration::from_millis(50)).await;
+        let mut conn = quiet.get_connection().await.expect("a fresh connection");
+        assert_eq!(
             request(&mut conn, "still there?").await.expect("a reply"),
             "still there?\n"
         );
         drop(conn);
-        let status = pool.status();
+        let status = quiet.status();
         assert_eq!(status.counters.destroyed.validation_failed, 1, "{status:?}");
         assert_eq!(status.counters.created, 2, "{status:?}");
 
@@ -451,7 +485,7 @@ mod scenarios {
             assert_eq!(conn.read_line(&mut reply).await.expect("end of stream"), 0);
             assert!(conn.has_failed());
         }
-        assert_eq!(pool.status().counters.destroyed.broken, 1);
+        assert_eq!(pool.status().counters.destroyed.broken, 2);
 
         // Nothing listening: the caller gets the connect error, naming the address.
         let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
