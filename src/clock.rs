@@ -30,9 +30,14 @@ pub(crate) fn coarse_stamp() -> Stamp {
     imp::coarse_stamp()
 }
 
+/// Where stamps start: 2^62 ns (146 years), so that `Instant`s from before the clock's origin
+/// (boot on Linux, the process's start elsewhere), which a runtime with a manual clock may
+/// well hand out, still map to distinct readings instead of all saturating at zero.
+const ORIGIN: Stamp = 1 << 62;
+
 /// `instant` on the scale of [`coarse_stamp`]: the two agree for readings of
 /// [`coarse_now`], and any other clock's `Instant`s (a manual one) keep their order and
-/// distances. Instants long before the process started saturate at zero.
+/// distances. Only instants more than 146 years before the clock's origin saturate at zero.
 pub(crate) fn stamp_of(instant: Instant) -> Stamp {
     let (anchor, anchor_stamp) = imp::anchor();
     match instant.checked_duration_since(anchor) {
@@ -48,7 +53,7 @@ pub(crate) fn nanos(duration: Duration) -> u64 {
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod imp {
-    use super::Stamp;
+    use super::{ORIGIN, Stamp};
     use rustix::time::{ClockId, clock_gettime};
     use std::{
         sync::OnceLock,
@@ -71,7 +76,8 @@ mod imp {
         // CLOCK_MONOTONIC counts from boot: never negative, nanoseconds below 1e9.
         let secs = u64::try_from(time.tv_sec).unwrap_or(0);
         let nanos = u64::try_from(time.tv_nsec).unwrap_or(0);
-        secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+        let since_boot = secs.saturating_mul(1_000_000_000).saturating_add(nanos);
+        ORIGIN.saturating_add(since_boot)
     }
 
     pub(super) fn coarse_now() -> Instant {
@@ -82,15 +88,14 @@ mod imp {
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 mod imp {
-    use super::Stamp;
+    use super::{ORIGIN, Stamp};
     use std::{sync::OnceLock, time::Instant};
 
-    /// The process's clock origin: stamps count nanoseconds from it, offset by 2^62 so that
-    /// `Instant`s from before it still map to distinct readings.
+    /// The process's clock origin: stamps count nanoseconds from it, from [`ORIGIN`].
     static ANCHOR: OnceLock<Instant> = OnceLock::new();
 
     pub(super) fn anchor() -> (Instant, Stamp) {
-        (*ANCHOR.get_or_init(Instant::now), 1 << 62)
+        (*ANCHOR.get_or_init(Instant::now), ORIGIN)
     }
 
     #[inline]
@@ -144,6 +149,19 @@ mod tests {
         assert_eq!(
             super::stamp_of(later) - super::stamp_of(base),
             90_000_000_000
+        );
+    }
+
+    #[test]
+    fn instants_from_before_boot_keep_their_distances() {
+        // A manual clock may start anywhere; three years back is before this machine booted.
+        let Some(base) = Instant::now().checked_sub(Duration::from_secs(3 * 365 * 86_400)) else {
+            return; // the platform's Instant cannot go back that far
+        };
+        let hour_later = base + Duration::from_secs(3600);
+        assert_eq!(
+            super::stamp_of(hour_later) - super::stamp_of(base),
+            3_600_000_000_000
         );
     }
 

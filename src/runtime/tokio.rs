@@ -6,7 +6,10 @@ use std::{fmt, time::Duration, time::Instant};
 /// Runs the pool's timers and cleanup task on a tokio runtime (feature `tokio`).
 ///
 /// It keeps a [`Handle`](::tokio::runtime::Handle), so a pool built with it works even when its
-/// methods are called from outside that runtime.
+/// methods are called from outside that runtime, as long as something drives that runtime: a
+/// multi-thread runtime drives itself, but a current-thread runtime runs its timers and tasks
+/// only inside its `block_on`. A call made from another thread while no `block_on` runs there
+/// waits without its timeouts (and the cleanup task does not run) until one does.
 ///
 /// Timeouts and the cleanup interval follow tokio's clock, so tests that pause time
 /// (`#[tokio::test(start_paused = true)]`) drive them. Idle times and lifetimes are measured
@@ -23,8 +26,8 @@ use std::{fmt, time::Duration, time::Instant};
 /// way to detect beforehand.
 ///
 /// Once the tokio runtime behind the handle has shut down, tokio panics when the pool arms a
-/// timer (a `get_connection` with a timeout, the cleanup task) or reads the clock: build the
-/// pool on the runtime that outlives it, or drop the pool first.
+/// timer (a `get_connection` with a timeout): build the pool on the runtime that outlives it,
+/// or drop the pool first. Reading the clock does not panic.
 ///
 /// # Examples
 ///
