@@ -127,7 +127,8 @@ impl<M: ConnectionManager> Builder<M> {
         self
     }
 
-    /// Period of the background cleanup task, or `None` for no task (default 30 s).
+    /// Period of the background cleanup task, at least 1 ms, or `None` for no task (default
+    /// 30 s).
     pub fn cleanup_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.config.cleanup_interval = interval.into();
         self

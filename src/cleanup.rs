@@ -210,11 +210,12 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     ///
     /// # Errors
     ///
-    /// [`PoolError::Config`] for a zero or overflowing interval, [`PoolError::NoRuntime`]
-    /// without a runtime, [`PoolError::Closed`] on a closed pool.
+    /// [`PoolError::Config`] for an interval below 1 ms or too large to add to the clock,
+    /// [`PoolError::NoRuntime`] on a pool built without a runtime, [`PoolError::Closed`] on a
+    /// closed pool.
     pub fn restart_cleanup_task(&self, interval: Duration) -> Result<(), PoolError<M::Error>> {
-        crate::config::check_duration("cleanup_interval", interval)?;
-        self.runtime_or_err("cleanup_interval")?;
+        crate::config::check_cleanup_interval(interval, "call stop_cleanup_task to stop the task")?;
+        self.runtime_or_err("restart_cleanup_task")?;
         if self.is_closed() {
             return Err(PoolError::Closed);
         }

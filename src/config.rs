@@ -70,7 +70,7 @@ pub struct Config {
     pub validation_timeout: Option<Duration>,
     /// When idle connections are validated on checkout.
     pub validation: ValidationPolicy,
-    /// Period of the background cleanup task; `None` runs no task.
+    /// Period of the background cleanup task, at least 1 ms; `None` runs no task.
     pub cleanup_interval: Option<Duration>,
     /// The most `create_connection` calls in flight at once; while creations fail, one.
     pub max_connecting: usize,
@@ -133,8 +133,8 @@ impl Config {
         if self.min_idle > 0 && self.cleanup_interval.is_none() {
             return Err(ConfigError::new(
                 "min_idle",
-                "needs the cleanup task to keep connections ready; set cleanup_interval or use \
-                 min_idle 0",
+                "needs the cleanup task to keep connections ready; set cleanup_interval (which \
+                 needs a runtime) or use min_idle 0",
             ));
         }
         let durations = [
@@ -151,6 +151,9 @@ impl Config {
                 check_duration(field, duration)?;
             }
         }
+        if let Some(interval) = self.cleanup_interval {
+            check_cleanup_interval(interval, SET_NONE)?;
+        }
         if let ValidationPolicy::IdleLongerThan(threshold) = self.validation {
             // Zero is allowed here: it means "validate any connection that was idle at all".
             if Instant::now().checked_add(threshold).is_none() {
@@ -165,11 +168,44 @@ impl Config {
     }
 }
 
+/// The shortest `cleanup_interval`. A pass inspects every idle connection, so a shorter
+/// period only spins: a 1 ns interval kept a whole core busy under smol, whose timers have no
+/// resolution floor.
+pub(crate) const MIN_CLEANUP_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The advice when a setting that can be `None` is out of range.
+const SET_NONE: &str = "use None to turn it off";
+
 pub(crate) fn check_duration(field: &'static str, duration: Duration) -> Result<(), ConfigError> {
+    check_duration_or(field, duration, SET_NONE)
+}
+
+/// Checks a `cleanup_interval`; `to_turn_off` says how to do without the task where it is set.
+pub(crate) fn check_cleanup_interval(
+    interval: Duration,
+    to_turn_off: &str,
+) -> Result<(), ConfigError> {
+    if interval < MIN_CLEANUP_INTERVAL {
+        return Err(ConfigError::new(
+            "cleanup_interval",
+            format!(
+                "must be at least {MIN_CLEANUP_INTERVAL:?}, since each pass inspects every idle \
+                 connection; {to_turn_off}"
+            ),
+        ));
+    }
+    check_duration_or("cleanup_interval", interval, to_turn_off)
+}
+
+fn check_duration_or(
+    field: &'static str,
+    duration: Duration,
+    to_turn_off: &str,
+) -> Result<(), ConfigError> {
     if duration.is_zero() {
         return Err(ConfigError::new(
             field,
-            "must be greater than zero; use None to turn it off",
+            format!("must be greater than zero; {to_turn_off}"),
         ));
     }
     // Deadlines are computed as `now + duration`; refuse values that cannot be represented,
@@ -180,13 +216,9 @@ pub(crate) fn check_duration(field: &'static str, duration: Duration) -> Result<
         .and_then(|t| t.checked_add(margin))
     {
         Some(_) => Ok(()),
-        None => Err(overflow(field)),
+        None => Err(ConfigError::new(
+            field,
+            format!("is too large to add to the clock; {to_turn_off} instead"),
+        )),
     }
-}
-
-fn overflow(field: &'static str) -> ConfigError {
-    ConfigError::new(
-        field,
-        "is too large to add to the clock; use None for \"no limit\"",
-    )
 }

@@ -53,10 +53,11 @@ pub enum PoolError<E> {
     /// The configuration was rejected.
     Config(ConfigError),
     /// A timeout, the cleanup task or leak detection was configured (or
-    /// [`get_connection_timeout`](crate::ConnectionPool::get_connection_timeout) called) but no
+    /// [`get_connection_timeout`](crate::ConnectionPool::get_connection_timeout) or
+    /// [`restart_cleanup_task`](crate::ConnectionPool::restart_cleanup_task) called) but no
     /// [`Runtime`](crate::Runtime) was given to supply timers and spawning.
     NoRuntime {
-        /// The setting that needs a runtime.
+        /// The setting, or the method, that needs a runtime.
         setting: &'static str,
     },
 }
@@ -69,12 +70,14 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
                 match last_error {
                     Some(e) => write!(f, "; the last connection attempt failed with: {e}"),
                     None if *phase == TimeoutPhase::Waiting => f.write_str(
-                        "; every connection is in use: return guards sooner, raise max_size or \
-                         wait_timeout",
+                        "; no connection came free in time (all in use, or being opened \
+                         max_connecting at a time): return guards sooner, raise max_size, or \
+                         allow more time (wait_timeout, or get_connection_timeout's argument)",
                     ),
                     None if *phase == TimeoutPhase::Creating => f.write_str(
-                        "; check that the server is reachable and responsive, and that \
-                         wait_timeout leaves time to open a connection",
+                        "; check that the server is reachable and responsive, and that the \
+                         call's time limit (wait_timeout, or get_connection_timeout's \
+                         argument) leaves time to open a connection",
                     ),
                     None => f.write_str("; check that the server is reachable and responsive"),
                 }
@@ -95,7 +98,12 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
                 )?;
                 match *setting {
                     "get_connection_timeout" => f.write_str(", or call get_connection"),
-                    _ => write!(f, " or set `{setting}` to None"),
+                    "restart_cleanup_task" => f.write_str(" when building the pool"),
+                    _ => write!(
+                        f,
+                        " or set `{setting}` to None; Builder::no_runtime() turns off every \
+                         setting that needs one"
+                    ),
                 }
             }
         }

@@ -103,11 +103,26 @@ fn zero_and_overflowing_durations_name_their_field() {
 
 #[test]
 fn timers_without_a_runtime_are_refused() {
-    // The defaults have timeouts and a cleanup task, so they need a runtime.
+    // The defaults have timeouts and a cleanup task, so they need a runtime; the message
+    // names the one call that turns them all off.
     match builder().build() {
-        Err(PoolError::NoRuntime { setting }) => assert_eq!(setting, "connection_timeout"),
+        Err(e @ PoolError::NoRuntime { .. }) => {
+            assert!(matches!(
+                e,
+                PoolError::NoRuntime {
+                    setting: "connection_timeout"
+                }
+            ));
+            assert!(e.to_string().contains("Builder::no_runtime()"), "{e}");
+        }
         other => panic!("expected NoRuntime, got {other:?}"),
     }
+    // A cleanup interval below 1 ms only spins.
+    let spinning = builder()
+        .no_runtime()
+        .cleanup_interval(Duration::from_nanos(1))
+        .build();
+    assert_eq!(config_field(spinning), "cleanup_interval");
     for (setting, b) in [
         (
             "wait_timeout",
@@ -159,16 +174,23 @@ async fn runtime_only_calls_are_refused_without_a_runtime() {
         }
         other => panic!("expected NoRuntime, got {:?}", other.map(|c| c.id)),
     }
-    assert!(matches!(
-        pool.restart_cleanup_task(Duration::from_secs(1)),
-        Err(PoolError::NoRuntime { .. })
-    ));
+    match pool.restart_cleanup_task(Duration::from_secs(1)) {
+        Err(e @ PoolError::NoRuntime { .. }) => {
+            // The pool exists: the way out is to build it with a runtime, not a setting.
+            assert!(e.to_string().ends_with("when building the pool"), "{e}");
+        }
+        other => panic!("expected NoRuntime, got {other:?}"),
+    }
 
     let pool = builder().runtime(TokioRuntime::current()).build().unwrap();
-    assert_eq!(
-        config_field(pool.restart_cleanup_task(Duration::ZERO)),
-        "cleanup_interval"
-    );
+    for interval in [Duration::ZERO, Duration::from_micros(999), Duration::MAX] {
+        let refused = pool.restart_cleanup_task(interval);
+        let message = refused.as_ref().err().map(ToString::to_string).unwrap();
+        assert_eq!(config_field(refused), "cleanup_interval", "{interval:?}");
+        // The method takes a Duration: the advice cannot be "use None".
+        assert!(message.contains("stop_cleanup_task"), "{message}");
+    }
+    assert!(pool.restart_cleanup_task(Duration::from_millis(1)).is_ok());
     assert!(pool.restart_cleanup_task(Duration::from_secs(5)).is_ok());
     pool.close();
     assert!(matches!(
