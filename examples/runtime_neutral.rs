@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [dependencies]
-//! connection-pool = { version = "0.3", default-features = false, features = ["tcp"] }
+//! connection-pool = { version = "0.4", default-features = false, features = ["tcp"] }
 //! ```
 //!
 //! so it compiles no executor at all: `tcp` runs on async-io's reactor, which works under any

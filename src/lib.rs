@@ -182,7 +182,7 @@
 //!
 //! ```toml
 //! [dependencies]
-//! connection-pool = { version = "0.3", default-features = false }
+//! connection-pool = { version = "0.4", default-features = false }
 //! ```
 //!
 //! ```
