@@ -384,6 +384,8 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
     let mut counted = false;
     // A connection in hand that still needs the expiry and validation checks.
     let mut pending: Option<Conn<M::Connection>> = initial;
+    // The governor's retry instant whose timer this call has already slept out, if any.
+    let mut slept_until: Option<Instant> = None;
     loop {
         // When the governor holds creation back until an instant, wake then to try again.
         let mut retry_at = None;
@@ -482,6 +484,9 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         let max_connecting = match admission {
             Admission::Open => shared.config.max_connecting,
             Admission::Probe => 1,
+            // This call's timer for that instant fired: the delay is over even if the clock
+            // lags the timer (or stands still), and the call may probe.
+            Admission::Backoff(at) if slept_until.is_some_and(|slept| slept >= at) => 1,
             Admission::Backoff(at) => {
                 retry_at = Some(at);
                 0
@@ -562,6 +567,9 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         let expired = limit.is_some_and(|limit| {
             retry_at.is_none_or(|retry| limit <= retry) || shared.now() >= limit
         });
+        if !expired {
+            slept_until = retry_at;
+        }
         match queued.take().map(Queued::abandon) {
             Some(Resolution::Served(conn)) => pending = Some(conn),
             Some(Resolution::Woken) if expired => shared.wake_creator(),

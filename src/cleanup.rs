@@ -160,7 +160,11 @@ async fn run<M: ConnectionManager>(
             // A top-up can wait on a slow or hanging `create_connection` while it holds the
             // pool: a stop drops it (and with it the creation's slot and permit), and the loop
             // re-checks whether it is still wanted.
-            let top_up = std::pin::pin!(shared.top_up(interval));
+            // Without a connection_timeout an attempt is given up only once it has taken
+            // longer than both a tick and the default connection_timeout: long enough for any
+            // reasonable connect, short enough that a hanging one frees its permit.
+            let give_up_after = interval.max(crate::config::DEFAULT_CONNECTION_TIMEOUT);
+            let top_up = std::pin::pin!(shared.top_up(give_up_after));
             if crate::background::unless_stopped(top_up, &mut stop)
                 .await
                 .is_none()

@@ -797,7 +797,7 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
             Err(_) if call_deadline_first(call_deadline, timeout_at) => {
                 log::debug!(
                     "{}: a creation outlived its caller's deadline (a get's wait_timeout, or \
-                     one cleanup_interval for a min_idle top-up without connection_timeout); \
+                     the give-up time of a min_idle top-up without connection_timeout); \
                      the attempt is dropped (not counted as a failure); size {}",
                     shared.config.name,
                     shared.size(),

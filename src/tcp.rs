@@ -10,9 +10,10 @@
 //! remembers any I/O error or end of stream it sees, and whether something was written that
 //! nothing has been read after. When the connection is returned, the manager's
 //! [`has_broken`](ConnectionManager::has_broken) destroys it if it failed, if bytes were left
-//! unread, or if a request went out and no reply was read (a cancelled request: its reply
-//! would reach the next user). What it cannot see is the rest of a reply that was read only in
-//! part and is still on its way: mark such a connection failed yourself.
+//! unread, or if something was written and nothing read after it (a cancelled request: its
+//! reply would reach the next user). It cannot count requests and replies: the rest of a reply
+//! read only in part, or the replies to further requests sent at once (pipelining) after the
+//! first reply was read, may still be on their way. Mark such a connection failed yourself.
 
 use crate::{manager::ConnectionManager, pool::ConnectionPool};
 use futures_lite::{
@@ -146,6 +147,10 @@ impl<H: HealthCheck> TcpConnectionManager<H> {
     /// would be read by the next user. Turn it off for a protocol in which the server does not
     /// answer every write; the connection is then kept, and requests abandoned half-way must be
     /// marked failed by hand ([`TcpConnection::mark_failed`]).
+    ///
+    /// Any read after the last write counts as the reply: with several requests in flight at
+    /// once (pipelining), abandoning the connection after the first reply is not caught, so
+    /// mark it failed then too.
     pub fn expect_replies(mut self, expect_replies: bool) -> Self {
         self.expect_replies = expect_replies;
         self

@@ -1,9 +1,11 @@
 //! Expiry by idle time and lifetime, `min_idle` top-up, and control of the cleanup task, all
-//! driven by a manual clock.
+//! driven by a manual clock (real time only where a test says why).
 
 mod common;
 
-use common::{Gate, ManualClock, ManualRuntime, TestManager, advance_until, eventually, running};
+use common::{
+    Gate, ManualClock, ManualRuntime, RealRuntime, TestManager, advance_until, eventually, running,
+};
 use connection_pool::{Builder, ConnectionPool, PooledConnection, ValidationPolicy};
 use std::{sync::Arc, time::Duration};
 
@@ -263,7 +265,7 @@ async fn stopping_the_cleanup_task_frees_the_permit_of_its_top_up() {
 }
 
 #[tokio::test]
-async fn without_connection_timeout_a_top_up_attempt_is_given_up_after_one_interval() {
+async fn without_connection_timeout_a_top_up_attempt_is_given_up_after_a_long_tick() {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
     let pool = stuck_top_up(&manager, ManualRuntime::new(&clock)).await;
     clock.advance(29 * SECOND);
@@ -276,4 +278,28 @@ async fn without_connection_timeout_a_top_up_attempt_is_given_up_after_one_inter
     manager.counts.set_create(Gate::Ok);
     let conn = pool.get_connection().await.expect("the permit is free");
     drop(conn);
+}
+
+#[tokio::test]
+async fn without_connection_timeout_a_slow_top_up_outlives_a_short_tick() {
+    // Real time: the connect takes five ticks. Giving each attempt up after one tick (as a
+    // first version of the give-up did) never let one finish.
+    let manager = TestManager::new();
+    manager
+        .counts
+        .set_create(Gate::Delay(Duration::from_millis(50)));
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(4)
+        .min_idle(1)
+        .connection_timeout(None)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(Duration::from_millis(10))
+        .runtime(RealRuntime)
+        .build()
+        .unwrap();
+    eventually("the top-up created its connection", || {
+        pool.status().idle == 1
+    })
+    .await;
+    assert_eq!(manager.counts.create_calls(), 1, "no attempt was given up");
 }

@@ -117,3 +117,24 @@ async fn dropping_the_last_handle_closes_the_pool_and_ends_cleanup() {
     // At once, not at its next tick: the clock does not move.
     eventually("the cleanup task ends", || running(&spawned) == 0).await;
 }
+
+#[tokio::test]
+async fn a_waiter_served_as_the_pool_closes_gets_closed_not_the_connection() {
+    let pool = ConnectionPool::builder(TestManager::new())
+        .max_size(1)
+        .no_runtime()
+        .build()
+        .unwrap();
+    let held = pool.get_connection().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get_connection().await.map(|c| c.id) })
+    };
+    eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    // The return hands the connection to the waiter; the close comes before it runs.
+    drop(held);
+    pool.close();
+    assert!(matches!(waiter.await.unwrap(), Err(PoolError::Closed)));
+    let status = pool.status();
+    assert_eq!((status.size, status.counters.destroyed.closed), (0, 1));
+}

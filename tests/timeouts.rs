@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Gate, ManualClock, ManualRuntime, TestManager, eventually};
+use common::{Gate, ManualClock, ManualRuntime, RealRuntime, TestManager, eventually};
 use connection_pool::{ConnectionPool, PoolError, TimeoutPhase, ValidationPolicy};
 use std::{sync::Arc, time::Duration};
 
@@ -295,17 +295,25 @@ async fn a_timeout_while_the_pool_backs_off_names_the_failure_that_started_it() 
 async fn a_create_timeout_without_wait_timeout_reports_the_failure() {
     // A real clock: the failure has to be recorded strictly before the timeout is reported,
     // which a manual clock that stands still cannot show.
+    let timed_out_after = Arc::new(std::sync::Mutex::new(None));
     let pool = ConnectionPool::builder(TestManager::new())
         .wait_timeout(None)
         .connection_timeout(Duration::from_millis(20))
         .validation(ValidationPolicy::Never)
         .cleanup_interval(None)
-        .runtime(RealClock)
+        .observer(TimeoutWatch(Arc::clone(&timed_out_after)))
+        .runtime(RealRuntime)
         .build()
         .unwrap();
     pool.manager().counts.set_create(Gate::Hang);
     let result = pool.get_connection().await.map(|c| c.id);
     assert_eq!(pool.status().counters.create_failures, 1);
+    // Measured from the call's start, not from the moment it timed out.
+    let waited = timed_out_after
+        .lock()
+        .unwrap()
+        .expect("on_timeout was called");
+    assert!(waited >= Duration::from_millis(20), "{waited:?}");
     match result {
         Err(PoolError::Timeout { phase, last_error }) => {
             assert_eq!(phase, TimeoutPhase::Creating);
@@ -316,15 +324,35 @@ async fn a_create_timeout_without_wait_timeout_reports_the_failure() {
     }
 }
 
-/// Tokio's timers and the system clock, without the `tokio` feature.
-struct RealClock;
+#[tokio::test]
+async fn the_backoff_ends_by_its_timer_even_when_the_clock_stands_still() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(2)
+        .wait_timeout(Duration::from_secs(5))
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(FrozenClock(std::time::Instant::now()))
+        .build()
+        .unwrap();
+    manager.counts.set_create(Gate::Fail);
+    assert!(matches!(
+        pool.get_connection().await,
+        Err(PoolError::Backend(_))
+    ));
+    manager.counts.set_create(Gate::Ok);
+    // Before, the call woke when its retry timer fired, found the clock still short of the
+    // retry instant, and slept again, for ever.
+    let got = tokio::time::timeout(Duration::from_secs(3), pool.get_connection()).await;
+    let conn = got.expect("the call probes once its backoff timer fired");
+    assert!(conn.is_ok(), "{:?}", conn.map(|c| c.id));
+}
 
-impl connection_pool::Runtime for RealClock {
-    fn spawn(&self, task: connection_pool::BoxFuture<()>) {
-        drop(tokio::spawn(task));
-    }
+/// Records the wait an observer is told about when a call times out.
+struct TimeoutWatch(Arc<std::sync::Mutex<Option<Duration>>>);
 
-    fn sleep(&self, duration: Duration) -> connection_pool::BoxFuture<()> {
-        Box::pin(tokio::time::sleep(duration))
+impl connection_pool::PoolObserver for TimeoutWatch {
+    fn on_timeout(&self, _phase: TimeoutPhase, waited: Duration) {
+        *self.0.lock().unwrap() = Some(waited);
     }
 }

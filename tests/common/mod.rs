@@ -316,6 +316,20 @@ impl Runtime for ManualRuntime {
     }
 }
 
+/// tokio's timers and the system clock, without the crate's `tokio` feature: for the few
+/// tests whose point needs real time to pass between two readings.
+pub struct RealRuntime;
+
+impl Runtime for RealRuntime {
+    fn spawn(&self, task: BoxFuture<()>) {
+        drop(tokio::spawn(task));
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
 /// Waits (in real time, at most 10 s) until `condition` holds; panics with `what` otherwise.
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
