@@ -2,10 +2,12 @@
 //!
 //! Every atomic, `Arc`, `Mutex` and the idle queue used by the pool come from here, so that the
 //! loom build (`RUSTFLAGS="--cfg loom"`) can swap them for loom's instrumented versions and
-//! explore their interleavings. `crossbeam_queue::ArrayQueue` is invisible to loom, so under
-//! `cfg(loom)` the idle queue is a `loom::sync::Mutex<VecDeque<T>>` with the same capacity
-//! contract. That stand-in is more strongly ordered than `ArrayQueue`: the pool's correctness
-//! must rest on its own atomics and on event-listener's fences, never on the queue's ordering.
+//! explore their interleavings. crossbeam's queues are invisible to loom, so under `cfg(loom)`
+//! the idle queue and the wait queue are `LoomQueue`s: the values under a loom `Mutex`, their
+//! number in a loom atomic that the lock-free questions (`len`, `is_empty`, a `pop` that finds
+//! nothing) read without the lock, ordered as crossbeam orders them and no more strongly (see
+//! `LoomQueue` for why). The pool's correctness must rest on its own atomics and fences and on
+//! event-listener's, never on the queues' ordering.
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
@@ -63,33 +65,34 @@ impl<T> WaitQueue<T> {
     }
 }
 
-/// Loom stand-in for the wait queue.
+/// Loom stand-in for the wait queue: a `LoomQueue` without a bound.
 #[cfg(loom)]
 pub(crate) struct WaitQueue<T> {
-    queue: Mutex<std::collections::VecDeque<T>>,
+    queue: LoomQueue<T>,
 }
 
 #[cfg(loom)]
 impl<T> WaitQueue<T> {
     pub(crate) fn new() -> Self {
         Self {
-            queue: Mutex::new(std::collections::VecDeque::new()),
+            queue: LoomQueue::new(),
         }
     }
 
     /// Appends `value` at the back.
     pub(crate) fn push(&self, value: T) {
-        self.queue.lock().unwrap().push_back(value);
+        let pushed = self.queue.push(value, usize::MAX);
+        debug_assert!(pushed.is_ok(), "an unbounded queue is never full");
     }
 
     /// Removes the value at the front.
     pub(crate) fn pop(&self) -> Option<T> {
-        self.queue.lock().unwrap().pop_front()
+        self.queue.pop()
     }
 
-    /// Whether the queue holds nothing.
+    /// Whether the queue holds nothing; a snapshot.
     pub(crate) fn is_empty(&self) -> bool {
-        self.queue.lock().unwrap().is_empty()
+        self.queue.len() == 0
     }
 }
 
@@ -129,11 +132,10 @@ impl<T> IdleQueue<T> {
     }
 }
 
-/// Loom stand-in for the idle queue: a mutex-protected `VecDeque` with the same capacity check.
+/// Loom stand-in for the idle queue: a `LoomQueue` holding at most `capacity` values.
 #[cfg(loom)]
 pub(crate) struct IdleQueue<T> {
-    /// The queued values, oldest first.
-    queue: Mutex<std::collections::VecDeque<T>>,
+    queue: LoomQueue<T>,
     /// The most values `queue` may hold.
     capacity: usize,
 }
@@ -143,28 +145,102 @@ impl<T> IdleQueue<T> {
     /// Creates a queue holding at most `capacity` values.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            queue: Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+            queue: LoomQueue::new(),
             capacity,
         }
     }
 
     /// Appends `value`, or gives it back if the queue is full.
     pub(crate) fn push(&self, value: T) -> Result<(), T> {
-        let mut queue = self.queue.lock().unwrap();
-        if queue.len() >= self.capacity {
-            return Err(value);
-        }
-        queue.push_back(value);
-        Ok(())
+        self.queue.push(value, self.capacity)
     }
 
     /// Removes the oldest value.
     pub(crate) fn pop(&self) -> Option<T> {
-        self.queue.lock().unwrap().pop_front()
+        self.queue.pop()
     }
 
-    /// The number of values in the queue.
+    /// The number of values in the queue; a snapshot that may be stale at once.
     pub(crate) fn len(&self) -> usize {
-        self.queue.lock().unwrap().len()
+        self.queue.len()
+    }
+}
+
+/// The loom model of crossbeam's `ArrayQueue` and `SegQueue` (crossbeam-queue 0.3.14, read for
+/// this): a FIFO whose values sit under a loom `Mutex`, and whose number also sits in `len`, a
+/// loom atomic that `push` and a successful `pop` update while they hold the lock.
+///
+/// Locking is a fair model of the operations that move a value: in crossbeam a push moves the
+/// tail and a pop the head by `SeqCst` compare-and-swap, and each slot hands its value over by
+/// a `Release` store and an `Acquire` load of its stamp (`ArrayQueue`) or state (`SegQueue`), so
+/// those operations synchronise with one another much as lockers do.
+///
+/// It is not a fair model of the operations that only look, and a stand-in that locked for
+/// them would order memory more strongly than crossbeam does: a lock synchronises with the last
+/// unlock and releases to the next locker, which can stand in for a fence the pool forgot. So
+/// those read `len` alone, with no lock, as crossbeam reads its indices:
+///
+/// * `len` and `is_empty` load the tail and head indices with `SeqCst` (both queues): here one
+///   `SeqCst` load of `len`, which the updates write by `SeqCst` read-modify-write as crossbeam
+///   moves the indices. (Loom treats `SeqCst` loads and read-modify-writes as `AcqRel`, which
+///   if anything lets it explore executions crossbeam cannot have; it hides none.)
+/// * A `pop` that finds the queue empty loads the head slot's stamp (`Acquire`), issues
+///   `fence(SeqCst)` and then loads the tail index `Relaxed`, and returns `None` if it equals
+///   the head (`ArrayQueue::pop`; `SegQueue::pop` likewise fences before its `Relaxed` tail
+///   load). Here: the same fence, then a `Relaxed` load of `len`; only when that is non-zero
+///   does it take the lock. The stamp's `Acquire` is left out: it synchronises with whoever
+///   emptied that one slot a lap earlier, which a single counter cannot single out (an
+///   `Acquire` load of `len` would synchronise with every push and pop before it, stronger than
+///   crossbeam); the pool reads nothing that that edge would publish.
+///
+/// The fence in a failed pop is crossbeam's implementation, not its documented contract, and
+/// the pool's comments say it must not rely on it. Building with
+/// `RUSTFLAGS="--cfg loom --cfg loom_unfenced_queues"` leaves it out, so that the models check
+/// the pool against a queue that promises no ordering on an empty pop (see the README's loom
+/// section).
+#[cfg(loom)]
+struct LoomQueue<T> {
+    /// The queued values, oldest first.
+    items: Mutex<std::collections::VecDeque<T>>,
+    /// `items.len()`, written only under the lock, read without it.
+    len: AtomicUsize,
+}
+
+#[cfg(loom)]
+impl<T> LoomQueue<T> {
+    fn new() -> Self {
+        Self {
+            items: Mutex::new(std::collections::VecDeque::new()),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Appends `value`, or gives it back if the queue already holds `capacity` values.
+    fn push(&self, value: T, capacity: usize) -> Result<(), T> {
+        let mut items = self.items.lock().unwrap();
+        if items.len() >= capacity {
+            return Err(value);
+        }
+        items.push_back(value);
+        self.len.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Removes the oldest value; an empty queue is seen without the lock.
+    fn pop(&self) -> Option<T> {
+        #[cfg(not(loom_unfenced_queues))]
+        fence(Ordering::SeqCst);
+        if self.len.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut items = self.items.lock().unwrap();
+        let value = items.pop_front()?;
+        self.len.fetch_sub(1, Ordering::SeqCst);
+        Some(value)
+    }
+
+    /// The number of values; a snapshot, read without the lock.
+    fn len(&self) -> usize {
+        self.len.load(Ordering::SeqCst)
     }
 }
