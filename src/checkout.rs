@@ -10,7 +10,7 @@ use crate::{
     pool::{ConnectionPool, Creating, Shared, Slot},
     runtime::run_bounded,
     status::{DestroyReason, Stats},
-    sync::Arc,
+    sync::{Arc, spin_loop},
     waitlist::{Resolution, WaitSlot},
 };
 use event_listener::EventListener;
@@ -416,6 +416,11 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                 Some(_) => {
                     if let Some(conn) = shared.idle.pop() {
                         shared.give(conn);
+                        // If no published place was waiting, `give` put the connection back,
+                        // and this call's own place, still waiting, is in the hands of a
+                        // producer that popped it and has yet to serve or wake it: this loop
+                        // then spins until that thread moves on.
+                        spin_loop();
                         continue;
                     }
                 }
