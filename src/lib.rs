@@ -306,6 +306,10 @@ pub use runtime::SmolRuntime;
 pub use runtime::TokioRuntime;
 pub use runtime::{BoxFuture, Runtime};
 pub use status::{Counters, DestroyReason, DestroyedCounts, Status};
+/// For loom-tests only, in loom builds only; not part of the API.
+#[cfg(loom)]
+#[doc(hidden)]
+pub use sync::loom_queues_fence_empty_pops;
 #[cfg(feature = "tcp")]
 pub use tcp::{
     HealthCheck, NotClosed, PingPong, TcpConnection, TcpConnectionManager, TcpConnectionPool,

@@ -28,6 +28,8 @@ pub(crate) use loom::sync::{
 pub(crate) use std::hint::spin_loop;
 #[cfg(loom)]
 pub(crate) use loom::hint::spin_loop;
+#[cfg(loom)]
+use std::cell::Cell;
 
 /// std's poisoning error, under loom too: loom's `Mutex::lock` returns std's `LockResult`.
 pub(crate) use std::sync::PoisonError;
@@ -174,6 +176,21 @@ impl<T> IdleQueue<T> {
     }
 }
 
+#[cfg(loom)]
+std::thread_local! {
+    /// Whether a `LoomQueue` pop that finds nothing fences, as crossbeam's does. Per thread:
+    /// loom runs all the threads of a model on the thread that checks it.
+    static FENCE_EMPTY_POPS: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Loom builds only: whether the stand-in queues' `pop` fences (`SeqCst`) when it finds the
+/// queue empty, as crossbeam-queue 0.3's does (the default), or not, as nothing in crossbeam's
+/// documentation promises. For the models checked afterwards on the calling thread.
+#[cfg(loom)]
+pub fn loom_queues_fence_empty_pops(fence: bool) {
+    FENCE_EMPTY_POPS.with(|cell| cell.set(fence));
+}
+
 /// The loom model of crossbeam's `ArrayQueue` and `SegQueue` (crossbeam-queue 0.3.14, read for
 /// this): a FIFO whose values sit under a loom `Mutex`, and whose number also sits in `len`, a
 /// loom atomic that `push` and a successful `pop` update while they hold the lock.
@@ -202,10 +219,9 @@ impl<T> IdleQueue<T> {
 ///   crossbeam); the pool reads nothing that that edge would publish.
 ///
 /// The fence in a failed pop is crossbeam's implementation, not its documented contract, and
-/// the pool's comments say it must not rely on it. Building with
-/// `RUSTFLAGS="--cfg loom --cfg loom_unfenced_queues"` leaves it out, so that the models check
-/// the pool against a queue that promises no ordering on an empty pop (see the README's loom
-/// section).
+/// the pool's comments say it must not rely on it. [`loom_queues_fence_empty_pops`]`(false)`
+/// leaves it out, so that a model checks the pool against queues that promise no ordering on an
+/// empty pop; loom-tests checks every model both ways.
 #[cfg(loom)]
 struct LoomQueue<T> {
     /// The queued values, oldest first.
@@ -236,8 +252,9 @@ impl<T> LoomQueue<T> {
 
     /// Removes the oldest value; an empty queue is seen without the lock.
     fn pop(&self) -> Option<T> {
-        #[cfg(not(loom_unfenced_queues))]
-        fence(Ordering::SeqCst);
+        if FENCE_EMPTY_POPS.with(Cell::get) {
+            fence(Ordering::SeqCst);
+        }
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
