@@ -309,7 +309,7 @@ pub use status::{Counters, DestroyReason, DestroyedCounts, Status};
 /// For loom-tests only, in loom builds only; not part of the API.
 #[cfg(loom)]
 #[doc(hidden)]
-pub use sync::loom_queues_fence_empty_pops;
+pub use sync::loom_queues_fence_like_crossbeam;
 #[cfg(feature = "tcp")]
 pub use tcp::{
     HealthCheck, NotClosed, PingPong, TcpConnection, TcpConnectionManager, TcpConnectionPool,

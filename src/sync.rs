@@ -85,7 +85,7 @@ pub(crate) struct WaitQueue<T> {
 impl<T> WaitQueue<T> {
     pub(crate) fn new() -> Self {
         Self {
-            queue: LoomQueue::new(),
+            queue: LoomQueue::new(Crossbeam::SegQueue),
         }
     }
 
@@ -155,7 +155,7 @@ impl<T> IdleQueue<T> {
     /// Creates a queue holding at most `capacity` values.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            queue: LoomQueue::new(),
+            queue: LoomQueue::new(Crossbeam::ArrayQueue),
             capacity,
         }
     }
@@ -178,90 +178,140 @@ impl<T> IdleQueue<T> {
 
 #[cfg(loom)]
 std::thread_local! {
-    /// Whether a `LoomQueue` pop that finds nothing fences, as crossbeam's does. Per thread:
-    /// loom runs all the threads of a model on the thread that checks it.
-    static FENCE_EMPTY_POPS: Cell<bool> = const { Cell::new(true) };
+    /// Whether `LoomQueue` pops fence where crossbeam's do. Per thread: loom runs all the
+    /// threads of a model on the thread that checks it.
+    static CROSSBEAM_FENCES: Cell<bool> = const { Cell::new(true) };
 }
 
-/// Loom builds only: whether the stand-in queues' `pop` fences (`SeqCst`) when it finds the
-/// queue empty, as crossbeam-queue 0.3's does (the default), or not, as nothing in crossbeam's
-/// documentation promises. For the models checked afterwards on the calling thread.
+/// Loom builds only: whether the stand-in queues' `pop` issues the `fence(SeqCst)` that
+/// crossbeam-queue 0.3's does (the default), or leaves it out, as nothing in crossbeam's
+/// documentation promises it. For the models checked afterwards on the calling thread.
 #[cfg(loom)]
-pub fn loom_queues_fence_empty_pops(fence: bool) {
-    FENCE_EMPTY_POPS.with(|cell| cell.set(fence));
+pub fn loom_queues_fence_like_crossbeam(fence: bool) {
+    CROSSBEAM_FENCES.with(|cell| cell.set(fence));
 }
+
+/// Which crossbeam queue a `LoomQueue` stands in for: they fence in different places.
+#[cfg(loom)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Crossbeam {
+    /// `ArrayQueue`: a pop fences only when the head slot looks empty.
+    ArrayQueue,
+    /// `SegQueue`: a pop fences whenever head and tail may share a block, which in a queue
+    /// that has taken fewer than 31 pushes is every time.
+    SegQueue,
+}
+
+/// `SegQueue`'s block size: past this many pushes head and tail can be a block apart, and its
+/// pop then skips the fence, which the stand-in does not model.
+#[cfg(loom)]
+const SEG_BLOCK_CAP: usize = 31;
 
 /// The loom model of crossbeam's `ArrayQueue` and `SegQueue` (crossbeam-queue 0.3.14, read for
 /// this): a FIFO whose values sit under a loom `Mutex`, and whose number also sits in `len`, a
-/// loom atomic that `push` and a successful `pop` update while they hold the lock.
+/// loom atomic read without the lock.
 ///
-/// Locking is a fair model of the operations that move a value: in crossbeam a push moves the
-/// tail and a pop the head by `SeqCst` compare-and-swap, and each slot hands its value over by
-/// a `Release` store and an `Acquire` load of its stamp (`ArrayQueue`) or state (`SegQueue`), so
-/// those operations synchronise with one another much as lockers do.
+/// Moving a value: a push appends under the lock, then increments `len`; a pop first reserves
+/// a value by decrementing `len` with a compare-and-swap (`SeqCst`, failing `Relaxed`, as
+/// crossbeam moves its head index), and only then takes the lock to remove the oldest value.
+/// The lock is a fair model of crossbeam's hand-over through the slot: a `Release` store and an
+/// `Acquire` load of the slot's stamp (`ArrayQueue`) or state (`SegQueue`).
 ///
-/// It is not a fair model of the operations that only look, and a stand-in that locked for
-/// them would order memory more strongly than crossbeam does: a lock synchronises with the last
-/// unlock and releases to the next locker, which can stand in for a fence the pool forgot. So
-/// those read `len` alone, with no lock, as crossbeam reads its indices:
+/// Looking: a stand-in that locked to answer `len`, `is_empty` or an empty pop would order
+/// memory more strongly than crossbeam, where those are index loads: a lock synchronises with
+/// the last unlock and releases to the next locker, and can stand in for a fence the pool
+/// forgot. So they read `len` alone:
 ///
-/// * `len` and `is_empty` load the tail and head indices with `SeqCst` (both queues): here one
-///   `SeqCst` load of `len`, which the updates write by `SeqCst` read-modify-write as crossbeam
-///   moves the indices. (Loom treats `SeqCst` loads and read-modify-writes as `AcqRel`, which
-///   if anything lets it explore executions crossbeam cannot have; it hides none.)
-/// * A `pop` that finds the queue empty loads the head slot's stamp (`Acquire`), issues
-///   `fence(SeqCst)` and then loads the tail index `Relaxed`, and returns `None` if it equals
-///   the head (`ArrayQueue::pop`; `SegQueue::pop` likewise fences before its `Relaxed` tail
-///   load). Here: the same fence, then a `Relaxed` load of `len`; only when that is non-zero
-///   does it take the lock. The stamp's `Acquire` is left out: it synchronises with whoever
-///   emptied that one slot a lap earlier, which a single counter cannot single out (an
-///   `Acquire` load of `len` would synchronise with every push and pop before it, stronger than
-///   crossbeam); the pool reads nothing that that edge would publish.
+/// * `len` and `is_empty` load the tail and head indices with `SeqCst` (both queues); here one
+///   `SeqCst` load of `len`, which push and pop change by `SeqCst` read-modify-write as
+///   crossbeam moves its indices. (Loom handles `SeqCst` accesses as `AcqRel`: if anything it
+///   explores executions crossbeam cannot have, never fewer.)
+/// * `ArrayQueue::pop` loads the head slot's stamp (`Acquire`); only if that says empty does it
+///   issue `fence(SeqCst)` and load the tail index (`Relaxed`), returning `None` if it equals
+///   the head. `SegQueue::pop`, while head and tail may share a block, always issues the fence
+///   and loads the tail (`Relaxed`) before it moves the head. Here the same fences, where
+///   crossbeam has them, then `Relaxed` loads of `len`. The stamp's `Acquire` is left out: it
+///   synchronises with whoever emptied that one slot a lap earlier, which one counter cannot
+///   single out, and an `Acquire` load of `len` would synchronise with every push and pop
+///   before it, more than crossbeam does. (Making it `Acquire` changes no model's outcome.)
 ///
-/// The fence in a failed pop is crossbeam's implementation, not its documented contract, and
-/// the pool's comments say it must not rely on it. [`loom_queues_fence_empty_pops`]`(false)`
-/// leaves it out, so that a model checks the pool against queues that promise no ordering on an
-/// empty pop; loom-tests checks every model both ways.
+/// The fences in a pop are crossbeam's implementation, not its documented contract, and the
+/// pool's comments say it must not rely on them. [`loom_queues_fence_like_crossbeam`]`(false)`
+/// leaves them out, so that a model checks the pool against queues that promise no ordering
+/// beyond handing each value over; loom-tests checks every model both ways.
 #[cfg(loom)]
 struct LoomQueue<T> {
-    /// The queued values, oldest first.
-    items: Mutex<std::collections::VecDeque<T>>,
-    /// `items.len()`, written only under the lock, read without it.
+    /// The queued values, oldest first (including values reserved by a pop that has not yet
+    /// taken them), and the pushes ever made.
+    items: Mutex<(std::collections::VecDeque<T>, usize)>,
+    /// Values queued and not reserved by a pop; changed by push under the lock, by pop without.
     len: AtomicUsize,
+    /// Where its pop fences.
+    kind: Crossbeam,
 }
 
 #[cfg(loom)]
 impl<T> LoomQueue<T> {
-    fn new() -> Self {
+    fn new(kind: Crossbeam) -> Self {
         Self {
-            items: Mutex::new(std::collections::VecDeque::new()),
+            items: Mutex::new((std::collections::VecDeque::new(), 0)),
             len: AtomicUsize::new(0),
+            kind,
         }
     }
 
     /// Appends `value`, or gives it back if the queue already holds `capacity` values.
     fn push(&self, value: T, capacity: usize) -> Result<(), T> {
         let mut items = self.items.lock().unwrap();
-        if items.len() >= capacity {
+        let (queued, pushes) = &mut *items;
+        if queued.len() >= capacity {
             return Err(value);
         }
-        items.push_back(value);
+        *pushes += 1;
+        assert!(
+            self.kind != Crossbeam::SegQueue || *pushes < SEG_BLOCK_CAP,
+            "the SegQueue stand-in models a queue whose head and tail share a block"
+        );
+        queued.push_back(value);
         self.len.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Removes the oldest value; an empty queue is seen without the lock.
+    /// Removes the oldest value; finding the queue empty takes no lock.
     fn pop(&self) -> Option<T> {
-        if FENCE_EMPTY_POPS.with(Cell::get) {
-            fence(Ordering::SeqCst);
+        let fences = CROSSBEAM_FENCES.with(Cell::get);
+        loop {
+            let len = match self.kind {
+                Crossbeam::ArrayQueue => match self.len.load(Ordering::Relaxed) {
+                    0 => {
+                        if fences {
+                            fence(Ordering::SeqCst);
+                        }
+                        self.len.load(Ordering::Relaxed)
+                    }
+                    len => len,
+                },
+                Crossbeam::SegQueue => {
+                    if fences {
+                        fence(Ordering::SeqCst);
+                    }
+                    self.len.load(Ordering::Relaxed)
+                }
+            };
+            if len == 0 {
+                return None;
+            }
+            if self
+                .len
+                .compare_exchange(len, len - 1, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
         }
-        if self.len.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let mut items = self.items.lock().unwrap();
-        let value = items.pop_front()?;
-        self.len.fetch_sub(1, Ordering::SeqCst);
-        Some(value)
+        let value = self.items.lock().unwrap().0.pop_front();
+        debug_assert!(value.is_some(), "a reserved value is in the queue");
+        value
     }
 
     /// The number of values; a snapshot, read without the lock.

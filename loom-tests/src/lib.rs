@@ -283,18 +283,18 @@ pub fn poll_once_then_drop<F: Future>(future: F) -> Poll<F::Output> {
 /// Runs `model` under loom with the preemption bound from `LOOM_MAX_PREEMPTIONS` (default 2,
 /// so a plain `cargo test` stays fast), printing the iterations explored and the wall time.
 ///
-/// Each model is checked twice: with the stand-in queues fencing on a pop that finds nothing,
-/// as crossbeam-queue 0.3 does, and without, as crossbeam's documentation allows (see
-/// `LoomQueue` in the pool's `src/sync.rs`). The first is the pool as it runs; the second checks
-/// that its correctness rests on its own fences, not on that detail of crossbeam's.
+/// Each model is checked twice: with the stand-in queues' pops fencing where crossbeam-queue
+/// 0.3's do, and without, as crossbeam's documentation allows (see `LoomQueue` in the pool's
+/// `src/sync.rs`). The first is the pool as it runs; the second checks that its correctness
+/// rests on its own fences, not on that detail of crossbeam's.
 pub fn check(name: &str, model: impl Fn() + Sync + Send + 'static) {
     let model = Arc::new(model);
     for (queues, fence) in [("crossbeam queues", true), ("unfenced queues", false)] {
-        connection_pool::loom_queues_fence_empty_pops(fence);
+        connection_pool::loom_queues_fence_like_crossbeam(fence);
         let model = Arc::clone(&model);
         check_one(&format!("{name} [{queues}]"), move || model());
     }
-    connection_pool::loom_queues_fence_empty_pops(true);
+    connection_pool::loom_queues_fence_like_crossbeam(true);
 }
 
 fn check_one(name: &str, model: impl Fn() + Sync + Send + 'static) {
