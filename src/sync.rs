@@ -21,15 +21,14 @@ pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
 };
 
-/// The busy-wait hint, for a retry that waits on another thread's progress: the processor's
-/// spin-loop hint, and under loom a yield, without which loom keeps running the spinning thread
-/// and never the one it waits for (and gives up at its branch limit).
+/// The busy-wait hint, for a retry that waits on another thread's progress.
 #[cfg(not(loom))]
 pub(crate) use std::hint::spin_loop;
+
+/// The busy-wait hint under loom: a yield, without which loom keeps running the spinning thread
+/// and never the one it waits for (and gives up at its branch limit).
 #[cfg(loom)]
 pub(crate) use loom::hint::spin_loop;
-#[cfg(loom)]
-use std::cell::Cell;
 
 /// std's poisoning error, under loom too: loom's `Mutex::lock` returns std's `LockResult`.
 pub(crate) use std::sync::PoisonError;
@@ -177,6 +176,9 @@ impl<T> IdleQueue<T> {
 }
 
 #[cfg(loom)]
+use std::cell::Cell;
+
+#[cfg(loom)]
 std::thread_local! {
     /// Whether `LoomQueue` pops fence where crossbeam's do. Per thread: loom runs all the
     /// threads of a model on the thread that checks it.
@@ -215,7 +217,9 @@ const SEG_BLOCK_CAP: usize = 31;
 /// a value by decrementing `len` with a compare-and-swap (`SeqCst`, failing `Relaxed`, as
 /// crossbeam moves its head index), and only then takes the lock to remove the oldest value.
 /// The lock is a fair model of crossbeam's hand-over through the slot: a `Release` store and an
-/// `Acquire` load of the slot's stamp (`ArrayQueue`) or state (`SegQueue`).
+/// `Acquire` load of the slot's stamp (`ArrayQueue`) or state (`SegQueue`). (Two racing pops
+/// may take their values in the other order than they reserved them, which nothing can tell
+/// apart from the pops having run the other way round.)
 ///
 /// Looking: a stand-in that locked to answer `len`, `is_empty` or an empty pop would order
 /// memory more strongly than crossbeam, where those are index loads: a lock synchronises with
