@@ -93,7 +93,8 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     }
 
     /// Like [`get_connection`](Self::get_connection), with `timeout` instead of the configured
-    /// `wait_timeout` for this call.
+    /// `wait_timeout` for this call. A `timeout` too large to add to the clock (such as
+    /// `Duration::MAX`) means no limit.
     ///
     /// # Errors
     ///
