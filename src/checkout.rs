@@ -10,7 +10,7 @@ use crate::{
     pool::{ConnectionPool, Creating, Shared, Slot},
     runtime::run_bounded,
     status::{DestroyReason, Stats},
-    sync::{Arc, spin_loop},
+    sync::Arc,
     waitlist::{Resolution, WaitSlot},
 };
 use event_listener::EventListener;
@@ -391,6 +391,8 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         // When the governor holds creation back until an instant, wake then to try again.
         let mut retry_at = None;
         let mut candidate = pending.take();
+        // This call, in line, found an idle connection and it went back to the queue.
+        let mut handed_back = false;
 
         // 0. In line: was a connection handed over, or was this call woken to re-check?
         if candidate.is_none() {
@@ -416,13 +418,16 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                 // In line: an idle connection goes to the oldest waiter, maybe this call.
                 Some(_) => {
                     if let Some(conn) = shared.idle.pop() {
-                        shared.give(conn);
-                        // If no published place was waiting, `give` put the connection back,
-                        // and this call's own place, still waiting, is in the hands of a
-                        // producer that popped it and has yet to serve or wake it: this loop
-                        // then spins until that thread moves on.
-                        spin_loop();
-                        continue;
+                        if shared.give_in_line(conn) {
+                            continue;
+                        }
+                        // No published place took it, so it went back to the idle queue: this
+                        // call's own place, still waiting, is in the hands of a producer that
+                        // popped it and will serve or wake it, then notify. Wait for that
+                        // (step 3) rather than spin on the idle queue until that thread runs
+                        // again, and create nothing meanwhile: a connection sits idle, and
+                        // any waiter that registers later finds it in its own re-check.
+                        handed_back = true;
                     }
                 }
             }
@@ -479,68 +484,71 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             }
         }
 
-        // 2. A free slot and a connect permit: create a connection. While creations fail, the
-        //    governor allows one at a time, after a delay, or rejects at once on a permanent
-        //    error (but only a caller that could create: a full pool still waits for returns).
-        let admission = if shared.governor.is_failing() {
-            shared.governor.admission(shared.now())
-        } else {
-            Admission::Open
-        };
-        let max_connecting = match admission {
-            Admission::Open => shared.config.max_connecting,
-            Admission::Probe => 1,
-            // This call's timer for that instant fired: the delay is over even if the clock
-            // lags the timer (or stands still), and the call may probe.
-            Admission::Backoff(at) if slept_until.is_some_and(|slept| slept >= at) => 1,
-            Admission::Backoff(at) => {
-                retry_at = Some(at);
-                0
-            }
-            Admission::Rejected(error) => {
-                if shared.size() < shared.config.max_size {
-                    Stats::bump(&shared.stats.rejected);
-                    return Err(PoolError::Rejected(error));
-                }
-                0
-            }
-        };
-        if let Some(creating) = Creating::begin(shared, max_connecting) {
-            // Leave the line before creating; a connection handed over meanwhile wins.
-            if let Some(place) = queued.take() {
-                match place.abandon() {
-                    Resolution::Served(conn) => {
-                        drop(creating);
-                        pending = Some(conn);
-                        continue;
-                    }
-                    // Woken for a slot or permit that came free after this call took its own:
-                    // the wake-up belongs to the next waiter, who would otherwise stay parked
-                    // beside free capacity until this creation ends.
-                    Resolution::Woken => shared.wake_creator(),
-                    Resolution::Waiting | Resolution::Abandoned => {}
-                }
-            }
-            let timeout_at = from_now(shared, shared.config.connection_timeout);
-            let call_deadline = deadline.limit(shared, None);
-            return match creating.run(timeout_at, call_deadline).await {
-                Ok(conn) => {
-                    if shared.is_closed() {
-                        shared.destroy(conn, DestroyReason::Closed);
-                        return Err(PoolError::Closed);
-                    }
-                    log::debug!(
-                        "{}: created a connection; size {}, waiters {}",
-                        shared.config.name,
-                        shared.size(),
-                        shared.waitlist.waiting(),
-                    );
-                    Ok(Shared::hand_out(shared, conn, location, begun))
-                }
-                Err(Some(Ok(error))) => Err(PoolError::Backend(error)),
-                Err(Some(Err(permanent))) => Err(PoolError::Rejected(permanent)),
-                Err(None) => Err(timed_out(shared, TimeoutPhase::Creating, &mut deadline)),
+        // Step 2 is skipped right after handing an idle connection back (see step 1).
+        if !handed_back {
+            // 2. A free slot and a connect permit: create a connection. While creations fail, the
+            //    governor allows one at a time, after a delay, or rejects at once on a permanent
+            //    error (but only a caller that could create: a full pool still waits for returns).
+            let admission = if shared.governor.is_failing() {
+                shared.governor.admission(shared.now())
+            } else {
+                Admission::Open
             };
+            let max_connecting = match admission {
+                Admission::Open => shared.config.max_connecting,
+                Admission::Probe => 1,
+                // This call's timer for that instant fired: the delay is over even if the clock
+                // lags the timer (or stands still), and the call may probe.
+                Admission::Backoff(at) if slept_until.is_some_and(|slept| slept >= at) => 1,
+                Admission::Backoff(at) => {
+                    retry_at = Some(at);
+                    0
+                }
+                Admission::Rejected(error) => {
+                    if shared.size() < shared.config.max_size {
+                        Stats::bump(&shared.stats.rejected);
+                        return Err(PoolError::Rejected(error));
+                    }
+                    0
+                }
+            };
+            if let Some(creating) = Creating::begin(shared, max_connecting) {
+                // Leave the line before creating; a connection handed over meanwhile wins.
+                if let Some(place) = queued.take() {
+                    match place.abandon() {
+                        Resolution::Served(conn) => {
+                            drop(creating);
+                            pending = Some(conn);
+                            continue;
+                        }
+                        // Woken for a slot or permit that came free after this call took its own:
+                        // the wake-up belongs to the next waiter, who would otherwise stay parked
+                        // beside free capacity until this creation ends.
+                        Resolution::Woken => shared.wake_creator(),
+                        Resolution::Waiting | Resolution::Abandoned => {}
+                    }
+                }
+                let timeout_at = from_now(shared, shared.config.connection_timeout);
+                let call_deadline = deadline.limit(shared, None);
+                return match creating.run(timeout_at, call_deadline).await {
+                    Ok(conn) => {
+                        if shared.is_closed() {
+                            shared.destroy(conn, DestroyReason::Closed);
+                            return Err(PoolError::Closed);
+                        }
+                        log::debug!(
+                            "{}: created a connection; size {}, waiters {}",
+                            shared.config.name,
+                            shared.size(),
+                            shared.waitlist.waiting(),
+                        );
+                        Ok(Shared::hand_out(shared, conn, location, begun))
+                    }
+                    Err(Some(Ok(error))) => Err(PoolError::Backend(error)),
+                    Err(Some(Err(permanent))) => Err(PoolError::Rejected(permanent)),
+                    Err(None) => Err(timed_out(shared, TimeoutPhase::Creating, &mut deadline)),
+                };
+            }
         }
 
         // 3. Nothing free: take a place in line, re-check (loop again), only then wait.

@@ -366,8 +366,18 @@ impl<M: ConnectionManager> Shared<M> {
     /// [`give`](Self::give) while someone waits: to the oldest waiter, else into the queue.
     #[inline(never)]
     fn give_to_waiter(&self, conn: Conn<M::Connection>) {
-        if let Err(conn) = self.waitlist.offer(conn) {
-            self.push_idle(conn);
+        self.give_in_line(conn);
+    }
+
+    /// Hands `conn` to the oldest waiting place (`true`), or puts it into the idle queue when
+    /// no published place is waiting (`false`).
+    pub(crate) fn give_in_line(&self, conn: Conn<M::Connection>) -> bool {
+        match self.waitlist.offer(conn) {
+            Ok(()) => true,
+            Err(conn) => {
+                self.push_idle(conn);
+                false
+            }
         }
     }
 

@@ -21,15 +21,6 @@ pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
 };
 
-/// The busy-wait hint, for a retry that waits on another thread's progress.
-#[cfg(not(loom))]
-pub(crate) use std::hint::spin_loop;
-
-/// The busy-wait hint under loom: a yield, without which loom keeps running the spinning thread
-/// and never the one it waits for (and gives up at its branch limit).
-#[cfg(loom)]
-pub(crate) use loom::hint::spin_loop;
-
 /// std's poisoning error, under loom too: loom's `Mutex::lock` returns std's `LockResult`.
 pub(crate) use std::sync::PoisonError;
 
