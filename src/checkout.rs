@@ -450,6 +450,12 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             let mut slot = Slot::holding(shared, conn, DestroyReason::ValidationAborted);
             let check_limit = from_now(shared, shared.config.validation_timeout);
             let call_deadline = deadline.limit(shared, None);
+            if call_deadline.is_some_and(|deadline| shared.now() >= deadline) {
+                // Handed over as the call's time ran out: no time is left to check it, and
+                // the connection is not at fault. It goes to the next caller, who can.
+                shared.give(slot.into_conn());
+                return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
+            }
             let limit = earlier(check_limit, call_deadline);
             let check = shared.manager.is_valid(&mut slot.conn_mut().raw);
             match run_bounded(runtime, limit, check).await {

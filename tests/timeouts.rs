@@ -356,3 +356,21 @@ impl connection_pool::PoolObserver for TimeoutWatch {
         *self.0.lock().unwrap() = Some(waited);
     }
 }
+
+#[tokio::test]
+async fn a_connection_handed_over_as_the_deadline_passes_is_passed_on_not_destroyed() {
+    let (pool, manager, clock) = pool(1);
+    let held = pool.get_connection().await.unwrap();
+    let waiter = spawn_get(&pool);
+    eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    // The waiter's deadline passes and the connection reaches it before it runs again.
+    manager.counts.set_validate(Gate::Hang);
+    clock.advance(Duration::from_secs(31));
+    drop(held);
+    // Before, it was validated with no time left and destroyed as a Validating timeout.
+    assert_eq!(phase(waiter.await.unwrap()), TimeoutPhase::Waiting);
+    let status = pool.status();
+    assert_eq!(status.counters.destroyed.total(), 0, "{status:?}");
+    assert_eq!((status.size, status.idle), (1, 1));
+    assert_eq!(manager.counts.live(), 1);
+}
