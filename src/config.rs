@@ -58,7 +58,7 @@ pub struct Config {
     /// Idle connections older than this are closed by the cleanup task; `None` keeps them.
     pub max_idle_time: Option<Duration>,
     /// Connections are closed this long after creation (less up to 2.5 % random jitter), on
-    /// return or by the cleanup task; `None` lets them live for ever.
+    /// return, at checkout or by the cleanup task; `None` lets them live for ever.
     pub max_lifetime: Option<Duration>,
     /// Bound on one `create_connection` call; `None` waits for ever (a `get_connection`
     /// still only as long as its `wait_timeout`; the cleanup task's `min_idle` top-up gives an

@@ -36,7 +36,8 @@
 //!
 //! Feature `tokio`; pass [`TokioRuntime::current()`](TokioRuntime::current), or
 //! [`TokioRuntime::from_handle`] outside the runtime. Multi-thread and current-thread
-//! runtimes both work: returning a connection never blocks or spawns.
+//! runtimes both work: returning a connection never blocks or spawns. (A current-thread
+//! runtime runs timers only inside its `block_on`; see [`TokioRuntime`].)
 //!
 // Compiled and run where the feature is on (`cargo test --all-features`), shown either way.
 #![cfg_attr(feature = "tokio", doc = "```")]
@@ -171,8 +172,9 @@
 //! }
 //! ```
 //!
-//! Without any runtime, [`Builder::no_runtime`] turns off the timeouts and the cleanup task;
-//! getting, returning and waiting still work on any executor.
+//! Without any runtime, [`Builder::no_runtime`] turns off the timeouts, the cleanup task and
+//! leak detection, and creation retries after failures come without a delay (still one at a
+//! time); getting, returning and waiting still work on any executor.
 //!
 //! # In a library
 //!

@@ -35,7 +35,7 @@ pub(crate) use std::sync::Arc as StdArc;
 pub(crate) use crossbeam_queue::ArrayQueue as LeakEntries;
 
 /// An unbounded FIFO of waiting `get_connection` calls: crossbeam's lock-free `SegQueue`,
-/// and under loom a `loom::sync::Mutex<VecDeque<T>>` so that models see its interleavings.
+/// and under loom a `LoomQueue` stand-in (below) so that models see its interleavings.
 #[cfg(not(loom))]
 pub(crate) struct WaitQueue<T> {
     queue: crossbeam_queue::SegQueue<T>,
