@@ -229,6 +229,8 @@ impl<M: ConnectionManager> Drop for Queued<'_, M> {
         if self.armed {
             match self.shared.waitlist.abandon(&self.slot) {
                 Resolution::Served(conn) => self.shared.give(conn),
+                // Dropping the reservation passes it to the next waiter.
+                Resolution::Granted => drop(Creating::adopt(self.shared)),
                 Resolution::Woken => self.shared.wake_creator(),
                 Resolution::Waiting | Resolution::Abandoned => {}
             }
@@ -387,6 +389,9 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
     let mut pending: Option<Conn<M::Connection>> = initial;
     // The governor's retry instant whose timer this call has already slept out, if any.
     let mut slept_until: Option<Instant> = None;
+    // A slot and permit reserved for this call while it waited in line; dropped unused, they
+    // pass to the next waiter.
+    let mut granted: Option<Creating<'_, M>> = None;
     loop {
         // When the governor holds creation back until an instant, wake then to try again.
         let mut retry_at = None;
@@ -398,8 +403,10 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         if candidate.is_none() {
             if let Some(outcome) = queued.as_mut().and_then(Queued::resolved) {
                 queued = None;
-                if let Resolution::Served(conn) = outcome {
-                    candidate = Some(conn);
+                match outcome {
+                    Resolution::Served(conn) => candidate = Some(conn),
+                    Resolution::Granted => granted = Some(Creating::adopt(shared)),
+                    _ => {}
                 }
             }
         }
@@ -410,7 +417,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             }
             return Err(PoolError::Closed);
         }
-        if candidate.is_none() {
+        if candidate.is_none() && granted.is_none() {
             match &queued {
                 // 1. An idle connection, unless others wait: they are served first.
                 None if shared.waitlist.waiting() == 0 => candidate = shared.idle.pop(),
@@ -495,30 +502,37 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             // 2. A free slot and a connect permit: create a connection. While creations fail, the
             //    governor allows one at a time, after a delay, or rejects at once on a permanent
             //    error (but only a caller that could create: a full pool still waits for returns).
-            let admission = if shared.governor.is_failing() {
-                shared.governor.admission(shared.now())
-            } else {
-                Admission::Open
-            };
-            let max_connecting = match admission {
-                Admission::Open => shared.config.max_connecting,
-                Admission::Probe => 1,
-                // This call's timer for that instant fired: the delay is over even if the clock
-                // lags the timer (or stands still), and the call may probe.
-                Admission::Backoff(at) if slept_until.is_some_and(|slept| slept >= at) => 1,
-                Admission::Backoff(at) => {
-                    retry_at = Some(at);
-                    0
+            //    A slot and permit granted to this call while it waited are used first.
+            let creating = match granted.take() {
+                Some(creating) => Some(creating),
+                None => {
+                    let admission = if shared.governor.is_failing() {
+                        shared.governor.admission(shared.now())
+                    } else {
+                        Admission::Open
+                    };
+                    let max_connecting = match admission {
+                        Admission::Open => shared.config.max_connecting,
+                        Admission::Probe => 1,
+                        // This call's timer for that instant fired: the delay is over even if
+                        // the clock lags the timer (or stands still), and the call may probe.
+                        Admission::Backoff(at) if slept_until.is_some_and(|slept| slept >= at) => 1,
+                        Admission::Backoff(at) => {
+                            retry_at = Some(at);
+                            0
+                        }
+                        Admission::Rejected(error) => {
+                            if shared.size() < shared.config.max_size {
+                                Stats::bump(&shared.stats.rejected);
+                                return Err(PoolError::Rejected(error));
+                            }
+                            0
+                        }
+                    };
+                    Creating::begin(shared, max_connecting)
                 }
-                Admission::Rejected(error) => {
-                    if shared.size() < shared.config.max_size {
-                        Stats::bump(&shared.stats.rejected);
-                        return Err(PoolError::Rejected(error));
-                    }
-                    0
-                }
             };
-            if let Some(creating) = Creating::begin(shared, max_connecting) {
+            if let Some(creating) = creating {
                 // Leave the line before creating; a connection handed over meanwhile wins.
                 if let Some(place) = queued.take() {
                     match place.abandon() {
@@ -527,6 +541,8 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                             pending = Some(conn);
                             continue;
                         }
+                        // Granted a second slot while taking its own: that one goes on.
+                        Resolution::Granted => drop(Creating::adopt(shared)),
                         // Woken for a slot or permit that came free after this call took its own:
                         // the wake-up belongs to the next waiter, who would otherwise stay parked
                         // beside free capacity until this creation ends.
@@ -592,6 +608,9 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         }
         match queued.take().map(Queued::abandon) {
             Some(Resolution::Served(conn)) => pending = Some(conn),
+            // Kept for the next round unless the call is over (then dropping passes it on).
+            Some(Resolution::Granted) if !expired => granted = Some(Creating::adopt(shared)),
+            Some(Resolution::Granted) => drop(Creating::adopt(shared)),
             Some(Resolution::Woken) if expired => shared.wake_creator(),
             _ => {}
         }

@@ -295,17 +295,36 @@ impl<M: ConnectionManager> Shared<M> {
         self.wake_creator();
     }
 
-    /// Wakes the oldest waiter if it could create a connection now: a slot and a permit are
-    /// free. Whoever frees the second of the two sees both free (they share one atomic word),
-    /// so the wake-up is not lost; without the check, a waiter woken for nothing would lose its
-    /// place in line.
+    /// When a slot and a permit are free, reserves them and grants them to the oldest waiter,
+    /// which creates a connection with them (while creations fail, it wakes that waiter to ask
+    /// the governor instead). Whoever frees the second of the two sees both free (they share
+    /// one atomic word), so the grant is not lost; reserving them first keeps a caller that
+    /// comes along before the waiter runs from taking them and sending it to the back.
     pub(crate) fn wake_creator(&self) {
         // Pairs with the fence a new waiter issues between publishing its place and trying to
         // take a slot: either it sees the slot or permit just freed, or this sees its place.
         // (crossbeam's `SegQueue::pop` happens to fence too; the pool must not rely on that.)
         fence(Ordering::SeqCst);
-        if self.capacity.can_create(self.config.max_connecting) {
-            self.waitlist.wake_one();
+        if self.governor.is_failing() {
+            // While creations fail the governor decides who may try: wake the oldest to ask.
+            if self.capacity.can_create(self.config.max_connecting) {
+                self.waitlist.wake_one();
+            }
+            return;
+        }
+        // Reserve the slot and permit for the oldest waiter, so that a caller that comes along
+        // before it runs cannot take them and send it to the back of the line.
+        while self.capacity.try_begin_create(self.config.max_connecting) {
+            if self.waitlist.grant() {
+                return;
+            }
+            self.capacity.abort_create();
+            // A waiter that published its place after `grant` found none may have seen the
+            // reservation and parked: look again (each round pops what it finds, so this ends).
+            fence(Ordering::SeqCst);
+            if self.waitlist.is_empty() {
+                return;
+            }
         }
     }
 
@@ -757,6 +776,15 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
                 shared,
                 armed: true,
             })
+    }
+
+    /// Takes over a slot and permit that [`Shared::wake_creator`] reserved and granted to this
+    /// caller's place in line. Dropping it unused passes them on to the next waiter.
+    pub(crate) fn adopt(shared: &'a Shared<M>) -> Self {
+        Self {
+            shared,
+            armed: true,
+        }
     }
 
     /// Hands the slot to the created connection and gives the permit back, waking a waiter

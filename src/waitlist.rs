@@ -11,14 +11,18 @@
 //! Each slot moves out of `WAITING` exactly once, by compare-and-swap, to one of:
 //!
 //! * `SERVED`: a connection was placed in the slot (before the swap) and is the waiter's;
-//! * `WOKEN`: a slot or connect permit came free, or the pool closed, or the connect governor
-//!   changed its mind: the waiter re-checks everything and may queue again;
+//! * `GRANTED`: a slot and a connect permit came free and were reserved for this waiter (before
+//!   the swap), which now owns them and creates a connection with them: a caller that comes
+//!   along before the waiter runs cannot take them;
+//! * `WOKEN`: the pool closed, or the connect governor changed its mind (or, while creations
+//!   fail, a slot or permit came free): the waiter re-checks everything and may queue again;
 //! * `ABANDONED`: the waiter gave up (timeout, cancellation, or it found what it needed on
 //!   its own); whoever pops the slot later skips it.
 //!
 //! Whoever moves a slot out of `WAITING` decrements `waiting`, so it counts waiting slots
 //! exactly. A waiter that is cancelled after being served hands the connection on; one that is
-//! cancelled after being woken wakes the next waiter, so no hand-off or wake-up is lost.
+//! cancelled after being granted passes the reservation on; one that is cancelled after being
+//! woken wakes the next waiter, so no hand-off, reservation or wake-up is lost.
 
 use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering, PoisonError, WaitQueue, fence};
 use event_listener::{Event, EventListener};
@@ -27,10 +31,11 @@ const WAITING: usize = 0;
 const SERVED: usize = 1;
 const WOKEN: usize = 2;
 const ABANDONED: usize = 3;
+const GRANTED: usize = 4;
 
 /// One waiting `get_connection` call.
 pub(crate) struct WaitSlot<C> {
-    /// `WAITING`, then one of `SERVED`, `WOKEN`, `ABANDONED`, for good.
+    /// `WAITING`, then one of `SERVED`, `GRANTED`, `WOKEN`, `ABANDONED`, for good.
     state: AtomicUsize,
     /// The handed-off connection: filled just before `state` becomes `SERVED`.
     conn: HandOff<C>,
@@ -44,6 +49,8 @@ pub(crate) enum Resolution<C> {
     Waiting,
     /// A connection was handed to it.
     Served(C),
+    /// A slot and a connect permit were reserved for it.
+    Granted,
     /// It was woken to re-check.
     Woken,
     /// The waiter itself gave up first.
@@ -69,6 +76,7 @@ impl<C> WaitSlot<C> {
         match self.state.load(Ordering::Acquire) {
             WAITING => Resolution::Waiting,
             SERVED => Resolution::Served(self.take_served()),
+            GRANTED => Resolution::Granted,
             WOKEN => Resolution::Woken,
             _ => Resolution::Abandoned,
         }
@@ -193,6 +201,7 @@ impl<C> WaitList<C> {
                 self.abandoned.fetch_sub(1, Ordering::AcqRel);
                 match state {
                     SERVED => Resolution::Served(slot.take_served()),
+                    GRANTED => Resolution::Granted,
                     WOKEN => Resolution::Woken,
                     _ => Resolution::Abandoned,
                 }
@@ -228,7 +237,18 @@ impl<C> WaitList<C> {
     /// Wakes the oldest waiting call to re-check; returns whether there was one.
     pub(crate) fn wake_one(&self) -> bool {
         while let Some(slot) = self.queue.pop() {
-            if self.wake(&slot) {
+            if self.resolve(&slot, WOKEN) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Gives the oldest waiting call a slot and permit the caller reserved for it; returns
+    /// `false`, the reservation still the caller's, when no published place is waiting.
+    pub(crate) fn grant(&self) -> bool {
+        while let Some(slot) = self.queue.pop() {
+            if self.resolve(&slot, GRANTED) {
                 return true;
             }
         }
@@ -238,14 +258,16 @@ impl<C> WaitList<C> {
     /// Wakes every waiting call to re-check.
     pub(crate) fn wake_all(&self) {
         while let Some(slot) = self.queue.pop() {
-            self.wake(&slot);
+            self.resolve(&slot, WOKEN);
         }
     }
 
-    fn wake(&self, slot: &WaitSlot<C>) -> bool {
+    /// Moves a popped slot from `WAITING` to `outcome` (`WOKEN` or `GRANTED`) and notifies
+    /// its waiter; `false` when it was abandoned.
+    fn resolve(&self, slot: &WaitSlot<C>, outcome: usize) -> bool {
         let woken = slot
             .state
-            .compare_exchange(WAITING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(WAITING, outcome, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if woken {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -284,6 +306,21 @@ mod tests {
         assert_eq!(list.offer(7), Err(7));
         assert_eq!(list.abandoned.load(Ordering::SeqCst), 0);
         assert!(list.is_empty());
+    }
+
+    #[test]
+    fn grant_resolves_the_oldest_waiting_slot_and_skips_abandoned_ones() {
+        let list = WaitList::<u32>::new();
+        let (gone, _l1) = list.register();
+        let (oldest, _l2) = list.register();
+        assert!(matches!(list.abandon(&gone), Resolution::Abandoned));
+        assert!(list.grant());
+        assert!(matches!(oldest.resolution(), Resolution::Granted));
+        // Abandoning afterwards tells the waiter it holds the grant, to pass on.
+        assert!(matches!(list.abandon(&oldest), Resolution::Granted));
+        assert_eq!(list.waiting(), 0);
+        assert!(!list.grant(), "nobody left to grant to");
+        assert_eq!(list.abandoned.load(Ordering::SeqCst), 0);
     }
 
     #[test]

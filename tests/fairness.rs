@@ -1,5 +1,6 @@
 //! Waiters are served first come, first served: a returned connection is handed to the oldest
-//! waiter, and a task that returns a connection and asks again queues behind the others.
+//! waiter, a slot freed by a destroyed connection is reserved for the oldest waiter, and a task
+//! that returns a connection and asks again queues behind the others.
 
 mod common;
 
@@ -54,16 +55,40 @@ async fn waiters_are_served_in_arrival_order_and_a_returner_cannot_jump_the_line
 
 #[tokio::test(flavor = "current_thread")]
 async fn under_contention_no_waiter_is_overtaken_more_than_once_by_each_other_task() {
-    // 32 tasks on 2 connections, each checking out 50 times and holding across a yield. A
-    // global count of checkouts tells how many others were counted as served while a task
-    // waited. First come, first served lets each of the other 31 tasks be counted at most
-    // twice: once for a hand-off that happened before this task queued but was counted after
-    // it arrived, once for being ahead of it in line; a task that re-asks goes behind it.
     // With barging (the pool before hand-off), the worst task was overtaken 1,499 times.
-    // One thread on purpose: on a worker pool the OS can pause the thread that holds a served
-    // but not yet polled task, and the other thread then counts hundreds of checkouts that say
-    // nothing about the pool's order.
     let pool = pool(2);
+    let worst = contend(&pool, false).await;
+    assert!(worst <= 2 * 31, "a waiter was overtaken {worst} times");
+    let status = pool.status();
+    assert_eq!((status.size, status.idle, status.waiters), (2, 2, 0));
+    assert!(status.counters.waited >= 32, "the tasks really queued");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slot_freed_by_a_destroyed_connection_goes_to_the_oldest_waiter() {
+    // Every return destroys its connection, so each frees a slot instead of handing over a
+    // connection. Before slots were reserved for the waiter they wake, whoever asked next took
+    // the slot and the woken waiter queued again at the back: the worst task was overtaken
+    // 1,499 times here, as with barging.
+    let pool = pool(2);
+    let worst = contend(&pool, true).await;
+    assert!(worst <= 2 * 31, "a waiter was overtaken {worst} times");
+    let status = pool.status();
+    assert_eq!((status.size, status.idle, status.waiters), (0, 0, 0));
+    assert_eq!(status.counters.destroyed.broken, 32 * 50);
+}
+
+/// 32 tasks on the pool, each checking out 50 times and holding across a yield (and marking
+/// the connection broken when `broken`); returns the most checkouts counted while one task
+/// waited. A global count of checkouts tells how many others were counted as served while a
+/// task waited. First come, first served lets each of the other 31 tasks be counted at most
+/// twice: once for a hand-off that happened before this task queued but was counted after it
+/// arrived, once for being ahead of it in line; a task that re-asks goes behind it.
+///
+/// Run on one thread on purpose: on a worker pool the OS can pause the thread that holds a
+/// served but not yet polled task, and the other thread then counts hundreds of checkouts that
+/// say nothing about the pool's order.
+async fn contend(pool: &ConnectionPool<TestManager>, broken: bool) -> usize {
     let served = Arc::new(AtomicUsize::new(0));
     let worst = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..32)
@@ -72,10 +97,13 @@ async fn under_contention_no_waiter_is_overtaken_more_than_once_by_each_other_ta
             tokio::spawn(async move {
                 for _ in 0..50 {
                     let arrived = served.load(Ordering::SeqCst);
-                    let conn = pool.get_connection().await.unwrap();
+                    let mut conn = pool.get_connection().await.unwrap();
                     let overtaken = served.fetch_add(1, Ordering::SeqCst) - arrived;
                     worst.fetch_max(overtaken, Ordering::SeqCst);
                     tokio::task::yield_now().await;
+                    if broken {
+                        conn.mark_broken();
+                    }
                     drop(conn);
                 }
             })
@@ -84,9 +112,31 @@ async fn under_contention_no_waiter_is_overtaken_more_than_once_by_each_other_ta
     for task in tasks {
         task.await.unwrap();
     }
-    let worst = worst.load(Ordering::SeqCst);
-    assert!(worst <= 2 * 31, "a waiter was overtaken {worst} times");
-    let status = pool.status();
-    assert_eq!((status.size, status.idle, status.waiters), (2, 2, 0));
-    assert!(status.counters.waited >= 32, "the tasks really queued");
+    worst.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_freed_slot_is_reserved_for_the_woken_waiter_not_taken_by_a_newcomer() {
+    use futures_lite::future::{block_on, poll_once};
+    let pool = pool(1);
+    let mut held = block_on(pool.get_connection()).unwrap();
+    let mut first = Box::pin(pool.get_connection());
+    let mut second = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(first.as_mut())).is_none(), "waits");
+    assert!(block_on(poll_once(second.as_mut())).is_none(), "waits");
+    held.mark_broken();
+    // The slot comes free and the oldest waiter is woken; a newcomer asks before it runs.
+    drop(held);
+    let mut newcomer = Box::pin(pool.get_connection());
+    assert!(
+        block_on(poll_once(newcomer.as_mut())).is_none(),
+        "the newcomer took the slot freed for the oldest waiter"
+    );
+    let conn = block_on(poll_once(first.as_mut())).expect("the oldest waiter is served");
+    drop(conn.unwrap());
+    // The return goes to the next in line, not to the newcomer, who comes after it.
+    let second_conn = block_on(poll_once(second.as_mut())).expect("the second is served");
+    assert!(block_on(poll_once(newcomer.as_mut())).is_none());
+    drop(second_conn.unwrap());
+    assert!(block_on(poll_once(newcomer.as_mut())).is_some());
 }
