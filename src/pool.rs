@@ -376,20 +376,16 @@ impl<M: ConnectionManager> Shared<M> {
         // Nobody counted as waiting: skip the wait list (the common, uncontended return). A
         // waiter counted after this load is caught by the re-check after the push below.
         if self.waitlist.waiting() != 0 {
-            self.give_to_waiter(conn);
+            self.give_in_line(conn);
             return;
         }
         self.push_idle(conn);
     }
 
-    /// [`give`](Self::give) while someone waits: to the oldest waiter, else into the queue.
+    /// [`give`](Self::give) while someone waits: hands `conn` to the oldest waiting place
+    /// (`true`), or puts it into the idle queue when no published place is waiting (`false`).
+    /// Out of line, so that the uncontended return stays small.
     #[inline(never)]
-    fn give_to_waiter(&self, conn: Conn<M::Connection>) {
-        self.give_in_line(conn);
-    }
-
-    /// Hands `conn` to the oldest waiting place (`true`), or puts it into the idle queue when
-    /// no published place is waiting (`false`).
     pub(crate) fn give_in_line(&self, conn: Conn<M::Connection>) -> bool {
         match self.waitlist.offer(conn) {
             Ok(()) => true,

@@ -32,8 +32,15 @@ fn spawn_get(
 }
 
 fn phase<T: std::fmt::Debug>(result: Result<T, PoolError<common::TestError>>) -> TimeoutPhase {
+    timeout(result).0
+}
+
+/// The phase and last creation error of a timeout; panics on anything else.
+fn timeout<T: std::fmt::Debug>(
+    result: Result<T, PoolError<common::TestError>>,
+) -> (TimeoutPhase, Option<String>) {
     match result {
-        Err(PoolError::Timeout { phase, .. }) => phase,
+        Err(PoolError::Timeout { phase, last_error }) => (phase, last_error),
         other => panic!("expected a timeout, got {other:?}"),
     }
 }
@@ -278,15 +285,11 @@ async fn a_timeout_while_the_pool_backs_off_names_the_failure_that_started_it() 
     clock.advance(Duration::from_millis(10));
     let result = getter.await.unwrap();
     let message = result.as_ref().err().map(ToString::to_string);
-    match result {
-        Err(PoolError::Timeout { phase, last_error }) => {
-            assert_eq!(phase, TimeoutPhase::Waiting);
-            // Before, no error: the message blamed connections in use, in a pool of size 0.
-            let last_error = last_error.expect("the failure that started the backoff");
-            assert!(last_error.contains("refused by the test"), "{last_error}");
-        }
-        other => panic!("expected a timeout, got {other:?}"),
-    }
+    let (phase, last_error) = timeout(result);
+    assert_eq!(phase, TimeoutPhase::Waiting);
+    // Before, no error: the message blamed connections in use, in a pool of size 0.
+    let last_error = last_error.expect("the failure that started the backoff");
+    assert!(last_error.contains("refused by the test"), "{last_error}");
     assert!(!message.unwrap().contains("in use"));
     assert_eq!(pool.status().size, 0);
 }
@@ -314,14 +317,10 @@ async fn a_create_timeout_without_wait_timeout_reports_the_failure() {
         .unwrap()
         .expect("on_timeout was called");
     assert!(waited >= Duration::from_millis(20), "{waited:?}");
-    match result {
-        Err(PoolError::Timeout { phase, last_error }) => {
-            assert_eq!(phase, TimeoutPhase::Creating);
-            let last_error = last_error.expect("the timed-out attempt");
-            assert!(last_error.contains("connection_timeout"), "{last_error}");
-        }
-        other => panic!("expected a timeout, got {other:?}"),
-    }
+    let (phase, last_error) = timeout(result);
+    assert_eq!(phase, TimeoutPhase::Creating);
+    let last_error = last_error.expect("the timed-out attempt");
+    assert!(last_error.contains("connection_timeout"), "{last_error}");
 }
 
 #[tokio::test]
