@@ -170,6 +170,11 @@ impl<M: ConnectionManager> Builder<M> {
 
     /// Turns off every setting that needs a runtime (the three timeouts, the cleanup task and
     /// leak detection), for pools used without one. Settings made after it still count.
+    ///
+    /// Without a runtime nothing could wake a caller when a retry delay ends, so after a
+    /// transient creation failure the pool does not back off: it only lets one creation run at
+    /// a time. After a [permanent](crate::ConnectionManager::is_permanent_error) error, calls
+    /// that would have to create are still rejected at once until its delay has passed.
     pub fn no_runtime(mut self) -> Self {
         self.runtime = None;
         self.config.connection_timeout = None;

@@ -45,8 +45,9 @@ pub(crate) struct Governor<E> {
     /// Nanoseconds after `epoch` before which no new creation starts while failing.
     retry_at: AtomicU64,
     epoch: Instant,
-    /// Whether to wait between failures at all; without a runtime nobody could wake a waiter
-    /// when the delay ends, so the pool only serialises creations.
+    /// Whether to wait between transient failures; without a runtime nobody could wake a
+    /// waiter when the delay ends, so the pool only serialises creations. A permanent error
+    /// is delayed either way: the callers it rejects fail at once and need no timer.
     backoff: bool,
     /// Touched only when a create fails, when a call times out, or when a call is rejected.
     last: Mutex<Option<LastFailure<E>>>,
@@ -84,7 +85,10 @@ impl<E> Governor<E> {
             .and_then(|last| last.as_ref().and_then(|l| l.permanent.clone()));
         match permanent {
             Some(error) => Admission::Rejected(error),
-            None => Admission::Backoff(retry_at),
+            None if self.backoff => Admission::Backoff(retry_at),
+            // Between a transient failure's record and its zero delay (the delay read is a
+            // permanent one's): no waiting without a timer.
+            None => Admission::Probe,
         }
     }
 
@@ -97,6 +101,7 @@ impl<E> Governor<E> {
         permanent: Option<StdArc<E>>,
     ) -> usize {
         let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let is_permanent = permanent.is_some();
         if let Ok(mut last) = self.last.lock() {
             *last = Some(LastFailure {
                 at: now,
@@ -104,7 +109,7 @@ impl<E> Governor<E> {
                 permanent,
             });
         }
-        let delay = if self.backoff {
+        let delay = if self.backoff || is_permanent {
             backoff_delay(failures)
         } else {
             Duration::ZERO
@@ -198,5 +203,19 @@ mod tests {
         let without_backoff = Governor::<std::io::Error>::new(epoch, false);
         without_backoff.failed(epoch, "refused".into(), None);
         assert!(matches!(without_backoff.admission(epoch), Admission::Probe));
+    }
+
+    #[test]
+    fn without_backoff_a_permanent_failure_still_rejects_until_its_delay_is_over() {
+        let epoch = Instant::now();
+        let governor = Governor::<std::io::Error>::new(epoch, false);
+        let error = StdArc::new(std::io::Error::other("bad password"));
+        governor.failed(epoch, "bad password".into(), Some(error));
+        assert!(matches!(governor.admission(epoch), Admission::Rejected(_)));
+        let later = epoch + CREATE_BACKOFF_MAX * 2;
+        assert!(matches!(governor.admission(later), Admission::Probe));
+        // A transient failure after it is retried at once, never waited for.
+        governor.failed(later, "refused".into(), None);
+        assert!(matches!(governor.admission(later), Admission::Probe));
     }
 }

@@ -142,6 +142,30 @@ async fn a_permanent_error_fails_callers_at_once_until_a_retry_succeeds() {
     assert!(pool.get_connection().await.is_ok());
 }
 
+#[test]
+fn without_a_runtime_a_permanent_error_still_fails_callers_without_dialling() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .no_runtime()
+        .build()
+        .unwrap();
+    manager.counts.set_create(Gate::Reject);
+    // The retry delay runs on the real clock here (15 ms at least): of calls made back to
+    // back, all but those after each delay ends must be refused without dialling.
+    let calls = 100;
+    for _ in 0..calls {
+        let error = futures_lite::future::block_on(pool.get_connection()).unwrap_err();
+        assert!(matches!(error, PoolError::Rejected(_)), "{error}");
+    }
+    let dialled = manager.counts.create_calls();
+    assert!(
+        dialled < calls / 2,
+        "{dialled} of {calls} calls dialled with bad credentials"
+    );
+    assert_eq!(pool.status().counters.rejected as usize, calls - dialled);
+    assert_eq!(pool.status().size, 0);
+}
+
 #[tokio::test]
 async fn idle_connections_are_still_handed_out_while_creations_are_rejected() {
     let (pool, manager, _clock) = pool(2, 2);
