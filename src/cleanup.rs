@@ -16,6 +16,8 @@ use crate::{
     pool::{ConnectionPool, Creating, Shared},
     sync::Ordering,
 };
+#[cfg(not(loom))]
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 /// What one [`ConnectionPool::cleanup_pass`] did.
@@ -164,12 +166,16 @@ async fn run<M: ConnectionManager>(
             // longer than both a tick and the default connection_timeout: long enough for any
             // reasonable connect, short enough that a hanging one frees its permit.
             let give_up_after = interval.max(crate::config::DEFAULT_CONNECTION_TIMEOUT);
-            let top_up = std::pin::pin!(shared.top_up(give_up_after));
-            if crate::background::unless_stopped(top_up, &mut stop)
-                .await
-                .is_none()
-            {
-                continue;
+            // A panic in user code (`create_connection`, an observer, the runtime's clock)
+            // must not end the task for good: min_idle would never be restored nor idle
+            // connections expire again. The creation's guard has given its slot back.
+            let top_up = std::pin::pin!(futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(
+                shared.top_up(give_up_after)
+            )));
+            match crate::background::unless_stopped(top_up, &mut stop).await {
+                None => continue,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => shared.background_panicked("min_idle top-up"),
             }
             let Some(runtime) = shared.runtime.as_deref() else {
                 return;
@@ -183,8 +189,27 @@ async fn run<M: ConnectionManager>(
         if !shared.cleanup_current(generation) {
             return;
         }
-        let now = shared.stamp();
-        shared.cleanup_pass(now);
+        let pass = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let now = shared.stamp();
+            shared.cleanup_pass(now);
+        }));
+        if pass.is_err() {
+            shared.background_panicked("cleanup pass");
+        }
+    }
+}
+
+#[cfg(not(loom))]
+impl<M: ConnectionManager> Shared<M> {
+    /// Reports a panic the cleanup task caught in user code; the task goes on at its next tick.
+    fn background_panicked(&self, work: &str) {
+        log::warn!(
+            "{}: the {work} of the cleanup task panicked (in create_connection, an observer or \
+             the runtime's clock); it runs again at the next tick; size {}, idle {}",
+            self.config.name,
+            self.size(),
+            self.idle.len(),
+        );
     }
 }
 

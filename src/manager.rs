@@ -56,7 +56,8 @@ pub trait ConnectionManager: Send + Sync + 'static {
     /// [`PoolError::Rejected`](crate::PoolError::Rejected) when
     /// [`is_permanent_error`](Self::is_permanent_error) says so; callers that time out while
     /// it keeps failing see its message in `PoolError::Timeout::last_error`. A panic in it
-    /// frees the slot and unwinds into the caller of `get_connection`.
+    /// frees the slot and unwinds into the caller of `get_connection`; in a `min_idle` top-up,
+    /// the cleanup task catches it, logs it at `warn` and tries again at its next tick.
     fn create_connection(
         &self,
     ) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;

@@ -22,6 +22,10 @@ pub enum CreateFailure<'a> {
 /// must not call back into the pool. [`HistogramObserver`](crate::HistogramObserver) is a
 /// ready implementation.
 ///
+/// A panic in a method reaches the code that caused the event (the `get_connection` caller,
+/// the code dropping the guard, `close`) after the pool has put its own state right: no slot
+/// or connection is lost. The cleanup task catches one, logs it at `warn` and goes on.
+///
 /// # Examples
 ///
 /// ```

@@ -330,7 +330,11 @@ impl<M: ConnectionManager> Shared<M> {
 
     /// Drops a connection (idle or checked out), then gives its slot back.
     pub(crate) fn destroy(&self, conn: impl OwnsSlot, reason: DestroyReason) {
+        // The connection's `Drop` is user code: should it panic, the guard still counts it and
+        // gives its slot back, or a pool of size 1 could never serve again.
+        let unwinding = PanicGuard::for_reason(self, reason);
         drop(conn);
+        unwinding.disarm();
         self.destroyed(reason);
     }
 
@@ -494,9 +498,22 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Destroys every idle connection; used once the pool is closed.
+    ///
+    /// A panic in user code (an observer's `on_destroy`, a connection's `Drop`) does not stop
+    /// the drain, which would leave connections open in a closed pool; the first one is
+    /// resumed once every idle connection is gone.
     pub(crate) fn drain_idle(&self) {
+        let mut first_panic = None;
         while let Some(conn) = self.idle.pop() {
-            self.destroy(conn, DestroyReason::Closed);
+            let destroyed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.destroy(conn, DestroyReason::Closed)
+            }));
+            if let Err(panic) = destroyed {
+                first_panic.get_or_insert(panic);
+            }
+        }
+        if let Some(panic) = first_panic {
+            std::panic::resume_unwind(panic);
         }
     }
 
@@ -515,8 +532,9 @@ impl<M: ConnectionManager> Shared<M> {
         // the store above before the drain below (see "Closing").
         fence(Ordering::SeqCst);
         self.waitlist.wake_all();
-        self.drain_idle();
+        // Before the drain, which runs user code that may panic.
         self.background_stop.fire();
+        self.drain_idle();
     }
 
     /// Records a failed creation with the governor (which schedules the next attempt), gives
@@ -724,15 +742,23 @@ impl<M: ConnectionManager> Drop for Slot<'_, M> {
 pub(crate) struct PanicGuard<'a, M: ConnectionManager> {
     shared: &'a Shared<M>,
     armed: bool,
+    /// What the connection is counted as destroyed by.
+    reason: DestroyReason,
 }
 
 impl<'a, M: ConnectionManager> PanicGuard<'a, M> {
     /// Armed: dropped before [`disarm`](Self::disarm), it counts a connection destroyed by a
     /// panic and gives its slot back.
     pub(crate) fn new(shared: &'a Shared<M>) -> Self {
+        Self::for_reason(shared, DestroyReason::Panicked)
+    }
+
+    /// Armed, for a connection already being destroyed for `reason`.
+    pub(crate) fn for_reason(shared: &'a Shared<M>, reason: DestroyReason) -> Self {
         Self {
             shared,
             armed: true,
+            reason,
         }
     }
 
@@ -744,7 +770,7 @@ impl<'a, M: ConnectionManager> PanicGuard<'a, M> {
 impl<M: ConnectionManager> Drop for PanicGuard<'_, M> {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.destroyed(DestroyReason::Panicked);
+            self.shared.destroyed(self.reason);
         }
     }
 }

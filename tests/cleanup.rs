@@ -303,3 +303,64 @@ async fn without_connection_timeout_a_slow_top_up_outlives_a_short_tick() {
     .await;
     assert_eq!(manager.counts.create_calls(), 1, "no attempt was given up");
 }
+
+/// An observer whose first `on_destroy` panics.
+#[derive(Default)]
+struct FirstDestroyPanics(std::sync::atomic::AtomicBool);
+
+impl connection_pool::PoolObserver for FirstDestroyPanics {
+    fn on_destroy(&self, _reason: connection_pool::DestroyReason) {
+        if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("on_destroy panics on purpose");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_create_in_the_top_up_does_not_end_the_cleanup_task() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let runtime = ManualRuntime::new(&clock);
+    let spawned = runtime.spawned.clone();
+    manager.counts.set_create(Gate::Panic);
+    let pool = builder(&manager, &clock)
+        .min_idle(1)
+        .cleanup_interval(30 * SECOND)
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    eventually("the top-up tried", || manager.counts.create_calls() >= 1).await;
+    assert_eq!(
+        pool.status().size,
+        0,
+        "the panicking creation freed its slot"
+    );
+    manager.counts.set_create(Gate::Ok);
+    advance_until(&clock, 30 * SECOND, "min_idle is restored", || {
+        pool.status().idle == 1
+    })
+    .await;
+    assert_eq!(running(&spawned), 1);
+}
+
+#[tokio::test]
+async fn an_observer_panic_in_a_cleanup_pass_does_not_end_the_cleanup_task() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let runtime = ManualRuntime::new(&clock);
+    let spawned = runtime.spawned.clone();
+    let pool = builder(&manager, &clock)
+        .cleanup_interval(30 * SECOND)
+        .observer(FirstDestroyPanics::default())
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    drop(check_out(&pool, 2).await);
+    // The first expiry's `on_destroy` panics in the middle of a pass; the next pass, or the
+    // one after, expires the other connection.
+    advance_until(&clock, 30 * SECOND, "both idle connections expire", || {
+        pool.status().idle == 0
+    })
+    .await;
+    assert_eq!(pool.status().counters.destroyed.idle_timeout, 2);
+    assert_eq!(manager.counts.live(), 0);
+    assert_eq!(running(&spawned), 1);
+}

@@ -378,3 +378,88 @@ fn a_clock_that_panics_on_the_slow_path_with_a_connection_in_hand_frees_its_slot
         assert_slot_free(&pool);
     }
 }
+
+/// An observer whose first `on_destroy` panics.
+#[derive(Default)]
+struct FirstDestroyPanics(std::sync::atomic::AtomicBool);
+
+impl connection_pool::PoolObserver for FirstDestroyPanics {
+    fn on_destroy(&self, _reason: connection_pool::DestroyReason) {
+        if !self.0.swap(true, Ordering::SeqCst) {
+            panic!("on_destroy panics on purpose");
+        }
+    }
+}
+
+#[test]
+fn an_observer_panic_while_closing_still_drops_every_idle_connection() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(3)
+        .no_runtime()
+        .observer(FirstDestroyPanics::default())
+        .build()
+        .unwrap();
+    let held: Vec<_> = (0..3)
+        .map(|_| block_on(pool.get_connection()).unwrap())
+        .collect();
+    drop(held);
+    assert_eq!(pool.status().idle, 3);
+    let closed = catch_unwind(AssertUnwindSafe(|| pool.close()));
+    assert!(closed.is_err(), "the observer's panic reaches the caller");
+    let status = pool.status();
+    assert_eq!(
+        (status.idle, status.size, manager.counts.live()),
+        (0, 0, 0),
+        "close() drops idle connections now, panic or not"
+    );
+    assert_eq!(status.counters.destroyed.closed, 3);
+}
+
+/// A connection whose `Drop` panics (unless the thread already unwinds).
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("the connection's Drop panics on purpose");
+        }
+    }
+}
+
+struct BombManager;
+
+impl connection_pool::ConnectionManager for BombManager {
+    type Connection = Bomb;
+    type Error = std::io::Error;
+
+    async fn create_connection(&self) -> Result<Bomb, std::io::Error> {
+        Ok(Bomb)
+    }
+
+    async fn is_valid(&self, _conn: &mut Bomb) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_connection_whose_drop_panics_still_gives_its_slot_back() {
+    let pool = ConnectionPool::builder(BombManager)
+        .max_size(1)
+        .no_runtime()
+        .build()
+        .unwrap();
+    let mut conn = block_on(pool.get_connection()).unwrap();
+    conn.mark_broken();
+    assert!(catch_unwind(AssertUnwindSafe(|| drop(conn))).is_err());
+    let status = pool.status();
+    assert_eq!(
+        (status.size, status.in_use, status.counters.destroyed.broken),
+        (0, 0, 1),
+        "{status:?}"
+    );
+    // With `max_size` 1, a lost slot would leave nothing to create.
+    let next = block_on(pool.get_connection()).unwrap();
+    // Keep the pool's drop from dropping it, and this test from panicking there.
+    std::mem::forget(connection_pool::PooledConnection::detach(next));
+}
