@@ -226,7 +226,8 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     }
 
     /// Stops the background cleanup task; it ends as soon as its executor next polls it.
-    /// Expiry is still enforced at checkout and return.
+    /// Expiry is still enforced at checkout and return, but idle connections are no longer
+    /// expired in the background and `min_idle` is no longer kept up.
     pub fn stop_cleanup_task(&self) {
         self.shared
             .cleanup_generation

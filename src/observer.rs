@@ -58,8 +58,8 @@ pub trait PoolObserver: Send + Sync + 'static {
         let _ = wait;
     }
 
-    /// A checked-out connection's guard was dropped after being held for `held` (whether the
-    /// connection then went back to the pool or was destroyed).
+    /// A checkout ended after `held`: its guard was dropped (whether the connection then went
+    /// back to the pool or was destroyed) or [detached](crate::PooledConnection::detach).
     fn on_return(&self, held: Duration) {
         let _ = held;
     }

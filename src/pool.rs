@@ -493,7 +493,12 @@ impl<M: ConnectionManager> Shared<M> {
     pub(crate) fn detach(&self, conn: InUse<M::Connection>) -> M::Connection {
         Stats::bump(&self.stats.detached);
         self.release_slot();
-        log::debug!("{}: connection detached", self.config.name);
+        log::debug!(
+            "{}: connection detached; size {}, idle {}",
+            self.config.name,
+            self.size(),
+            self.idle.len(),
+        );
         conn.raw
     }
 

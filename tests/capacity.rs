@@ -37,9 +37,11 @@ async fn worker(pool: ConnectionPool<TestManager>, task: usize, errors: Arc<Atom
             Ok(mut conn) => {
                 let live = pool.manager().counts.live();
                 assert!(live <= MAX_SIZE, "{live} live connections, max {MAX_SIZE}");
-                conn.exclusive(|| ());
+                // Claimed across the yield, where another task runs: a second holder of this
+                // connection would find it claimed.
+                let claim = conn.claim();
                 futures_lite::future::yield_now().await;
-                conn.exclusive(|| ());
+                drop(claim);
                 if (task + i) % 37 == 0 {
                     conn.mark_broken();
                 }
@@ -98,6 +100,13 @@ async fn tokio_current_thread_with_failing_creates() {
         task.await.unwrap();
     }
     check_end_state(&pool, &manager);
+    let errors = errors.load(Ordering::Relaxed);
+    assert!(errors > 0, "no creation failed while they were set to");
+    assert_eq!(
+        pool.status().counters.create_failures,
+        errors as u64,
+        "each failed creation failed one call"
+    );
 }
 
 #[test]

@@ -98,7 +98,7 @@ async fn dropping_the_last_handle_closes_the_pool_and_ends_cleanup() {
         .build()
         .unwrap();
     // Let the cleanup task reach its 30 s sleep, so that only a wake-up can end it early.
-    common::async_io_sleep(Duration::from_millis(20)).await;
+    eventually("the cleanup task sleeps", || clock.sleepers() >= 1).await;
     let second_handle = pool.clone();
     // Owned: a borrowed guard could not outlive its handle.
     let guard = pool.get_connection_owned().await.unwrap();

@@ -6,7 +6,10 @@ mod common;
 
 use common::{Gate, ManualClock, ManualRuntime, TestManager, advance_until, eventually};
 use connection_pool::{CREATE_BACKOFF_MAX, ConnectionPool, PoolError, ValidationPolicy};
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 fn pool(
     max_size: usize,
@@ -62,20 +65,29 @@ async fn while_creations_fail_one_prober_retries_with_a_growing_delay() {
     let (pool, manager, clock) = pool(8, 2);
     manager.counts.set_create(Gate::Fail);
     let tasks = spawn_gets(&pool, 64);
-    eventually("the first attempts failed", || {
-        pool.status().counters.create_failures >= 1 && pool.status().waiters > 0
+    eventually("the first two attempts failed", || {
+        pool.status().counters.create_failures >= 2 && pool.status().waiters > 0
     })
     .await;
+    assert_eq!(
+        manager.counts.peak_connecting(),
+        2,
+        "max_connecting at first"
+    );
+    assert_eq!(manager.counts.connecting.load(Ordering::SeqCst), 0);
+    manager.counts.peak_connecting.store(0, Ordering::SeqCst);
 
-    // Two simulated seconds of outage, in 10 ms steps.
+    // Two simulated seconds of outage, in 10 ms steps. Each failing attempt yields before it
+    // fails, so a second prober would be seen in flight beside it.
     for _ in 0..200 {
         clock.advance(Duration::from_millis(10));
         tokio::time::sleep(Duration::from_millis(1)).await;
-        assert!(
-            manager.counts.peak_connecting() <= 2,
-            "never more than max_connecting"
-        );
     }
+    assert_eq!(
+        manager.counts.peak_connecting(),
+        1,
+        "one prober at a time while creations fail"
+    );
     let attempts = manager.counts.create_calls();
     // 20 ms doubling to 500 ms, +-25 %: about 8 in 2 s, plus the first two in parallel.
     assert!(
@@ -176,7 +188,8 @@ async fn idle_connections_are_still_handed_out_while_creations_are_rejected() {
         pool.get_connection().await,
         Err(PoolError::Rejected(_))
     ));
-    // A caller waiting while the only connection is out is served by its return.
+    // A caller that was rejected takes the connection once it is returned: idle
+    // connections are handed out whatever the governor says.
     let waiter = tokio::spawn({
         let pool = pool.clone();
         async move {

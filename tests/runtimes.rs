@@ -284,7 +284,7 @@ mod scenarios {
     pub(super) async fn wait_timeout_fires<H: Harness>(harness: &H) {
         // Far apart, so that a per-call timeout that fires before `WAIT` shows it was used
         // even on a loaded machine.
-        const WAIT: Duration = Duration::from_millis(300);
+        const WAIT: Duration = Duration::from_secs(1);
         const PER_CALL: Duration = Duration::from_millis(30);
         // Timers never fire early; the margin covers clock granularity only.
         const MARGIN: Duration = Duration::from_millis(5);
@@ -371,7 +371,14 @@ mod scenarios {
             burst.push(pool.get_connection().await.expect("a connection"));
         }
         drop(burst);
-        assert_eq!(pool.status().idle, 3);
+        // A cleanup pass may hold one it is inspecting for a moment.
+        eventually(
+            &runtime,
+            "the burst is idle",
+            Duration::from_secs(5),
+            || pool.status().idle == 3,
+        )
+        .await;
 
         // The two above `min_idle` expire; the warm one stays however long it idles.
         eventually(

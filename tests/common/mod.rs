@@ -20,6 +20,7 @@ use std::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
     Ok,
+    /// Fails after yielding once, so that a failing call is in flight while others run.
     Fail,
     /// Fails with an error the manager classifies as permanent (think: wrong password).
     Reject,
@@ -128,17 +129,24 @@ pub struct TestConn {
 }
 
 impl TestConn {
-    /// Marks the connection as used for the duration of `f`; panics if it already was, which
-    /// would mean two tasks hold the same connection.
-    pub fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
+    /// Marks the connection as used until the returned claim is dropped; panics if it already
+    /// was, which would mean two tasks hold the same connection.
+    pub fn claim(&self) -> Claim<'_> {
         assert!(
             !self.in_use.swap(true, Ordering::SeqCst),
             "connection {} held by two tasks",
             self.id
         );
-        let out = f();
-        self.in_use.store(false, Ordering::SeqCst);
-        out
+        Claim(self)
+    }
+}
+
+/// One holder's use of a [`TestConn`]; see [`TestConn::claim`].
+pub struct Claim<'a>(&'a TestConn);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.in_use.store(false, Ordering::SeqCst);
     }
 }
 
@@ -151,7 +159,10 @@ impl Drop for TestConn {
 async fn pass(gate: Gate) -> Result<(), TestError> {
     match gate {
         Gate::Ok => Ok(()),
-        Gate::Fail => Err(TestError("refused by the test")),
+        Gate::Fail => {
+            futures_lite::future::yield_now().await;
+            Err(TestError("refused by the test"))
+        }
         Gate::Reject => Err(TestError("rejected: bad password")),
         Gate::Hang => std::future::pending().await,
         Gate::Panic => panic!("test manager panics on purpose"),
@@ -237,6 +248,11 @@ impl ManualClock {
 
     pub fn now(&self) -> Instant {
         self.base + *self.offset.lock().unwrap()
+    }
+
+    /// Sleeps parked on this clock since its last advance (a sleep polled twice counts twice).
+    pub fn sleepers(&self) -> usize {
+        self.sleepers.lock().unwrap().len()
     }
 
     /// Moves the clock forward and wakes every sleeper so it can check its deadline.
