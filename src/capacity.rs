@@ -55,6 +55,19 @@ impl Capacity {
             .is_ok()
     }
 
+    /// Adds a permit to a slot the caller already holds (a connection it just destroyed), if
+    /// fewer than `max_connecting` creations are in flight.
+    pub(crate) fn try_add_permit(&self, max_connecting: usize) -> bool {
+        let max_connecting = max_connecting as u64;
+        self.word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let (size, connecting) = (word & SLOT_MASK, word >> 32);
+                debug_assert!(size > connecting, "no slot held outside a creation");
+                (connecting < max_connecting).then_some(word + PERMIT)
+            })
+            .is_ok()
+    }
+
     /// Whether a creation could begin now: a slot and a permit are free.
     pub(crate) fn can_create(&self, max_connecting: usize) -> bool {
         let word = self.word.load(Ordering::Acquire);

@@ -94,7 +94,10 @@ impl<M: ConnectionManager> ConnectionPool<M> {
 
     /// Like [`get_connection`](Self::get_connection), with `timeout` instead of the configured
     /// `wait_timeout` for this call. A `timeout` too large to add to the clock (such as
-    /// `Duration::MAX`) means no limit.
+    /// `Duration::MAX`) means no limit. `Duration::ZERO` takes an idle connection or a free
+    /// slot only if that needs no waiting: `is_valid` and `create_connection` are polled once,
+    /// and one not ready then is given up (a connection whose check was cut short is
+    /// destroyed, as after any validation timeout).
     ///
     /// # Errors
     ///
@@ -392,6 +395,10 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
     // A slot and permit reserved for this call while it waited in line; dropped unused, they
     // pass to the next waiter.
     let mut granted: Option<Creating<'_, M>> = None;
+    // Whether the connection or grant in hand was given to this call in line (a hand-off or
+    // a grant), rather than taken by the call itself: one given after the call's deadline
+    // goes on to the next caller instead of being validated or used with no time left.
+    let mut given_in_line = false;
     loop {
         // When the governor holds creation back until an instant, wake then to try again.
         let mut retry_at = None;
@@ -404,8 +411,14 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             if let Some(outcome) = queued.as_mut().and_then(Queued::resolved) {
                 queued = None;
                 match outcome {
-                    Resolution::Served(conn) => candidate = Some(conn),
-                    Resolution::Granted => granted = Some(Creating::adopt(shared)),
+                    Resolution::Served(conn) => {
+                        candidate = Some(conn);
+                        given_in_line = true;
+                    }
+                    Resolution::Granted => {
+                        granted = Some(Creating::adopt(shared));
+                        given_in_line = true;
+                    }
                     _ => {}
                 }
             }
@@ -417,7 +430,15 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             }
             return Err(PoolError::Closed);
         }
-        if candidate.is_none() && granted.is_none() {
+        if candidate.is_none() && granted.is_some() {
+            // Granted a slot, yet a connection came back meanwhile and went idle (nobody was
+            // counted as waiting any more): take it, and pass the slot on.
+            if let Some(conn) = shared.idle.pop() {
+                drop(granted.take());
+                candidate = Some(conn);
+                given_in_line = false;
+            }
+        } else if candidate.is_none() {
             match &queued {
                 // 1. An idle connection, unless others wait: they are served first.
                 None if shared.waitlist.waiting() == 0 => candidate = shared.idle.pop(),
@@ -441,12 +462,15 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         }
 
         if let Some(conn) = candidate {
+            let handed_over = std::mem::take(&mut given_in_line);
             // The clock is the runtime's code: if it panics, the guard gives the slot back.
             let held = Slot::holding(shared, conn, DestroyReason::Panicked);
             let now = shared.stamp();
             let conn = held.into_conn();
+            // A connection this call destroys leaves it its slot to create with: granting
+            // that slot to the next in line would send this call to the back.
             if let Some(reason) = shared.expiry(&conn, now) {
-                shared.destroy(conn, reason);
+                granted = shared.destroy_keeping_slot(conn, reason);
                 continue;
             }
             if !shared.needs_validation(&conn, now) {
@@ -457,9 +481,11 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             let mut slot = Slot::holding(shared, conn, DestroyReason::ValidationAborted);
             let check_limit = from_now(shared, shared.config.validation_timeout);
             let call_deadline = deadline.limit(shared, None);
-            if call_deadline.is_some_and(|deadline| shared.now() >= deadline) {
+            if handed_over && call_deadline.is_some_and(|deadline| shared.now() >= deadline) {
                 // Handed over as the call's time ran out: no time is left to check it, and
-                // the connection is not at fault. It goes to the next caller, who can.
+                // the connection is not at fault. It goes to the next caller, who can. (One
+                // the call took itself is checked even so: a zero timeout still gets an
+                // instant check, by one poll.)
                 shared.give(slot.into_conn());
                 return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
             }
@@ -475,7 +501,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                         "{}: idle connection failed validation: {error}",
                         shared.config.name
                     );
-                    slot.destroy(DestroyReason::ValidationFailed);
+                    granted = slot.destroy_keeping(DestroyReason::ValidationFailed);
                     continue;
                 }
                 Err(_) if call_deadline_first(call_deadline, check_limit) => {
@@ -491,7 +517,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                         shared.config.name,
                         shared.config.validation_timeout.unwrap_or_default(),
                     );
-                    drop(slot);
+                    granted = slot.destroy_keeping(DestroyReason::ValidationAborted);
                     continue;
                 }
             }
@@ -503,7 +529,24 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             //    governor allows one at a time, after a delay, or rejects at once on a permanent
             //    error (but only a caller that could create: a full pool still waits for returns).
             //    A slot and permit granted to this call while it waited are used first.
-            let creating = match granted.take() {
+            let mut grant = granted.take();
+            let grant_given = std::mem::take(&mut given_in_line);
+            if grant.is_some() && shared.governor.is_failing() {
+                // Reserved before creations began to fail: the governor decides who tries now.
+                drop(grant.take());
+            }
+            if grant.is_some()
+                && grant_given
+                && deadline
+                    .limit(shared, None)
+                    .is_some_and(|deadline| shared.now() >= deadline)
+            {
+                // Granted as the call's time ran out: no time is left to create, and the
+                // grant goes to the next caller.
+                drop(grant);
+                return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
+            }
+            let creating = match grant {
                 Some(creating) => Some(creating),
                 None => {
                     let admission = if shared.governor.is_failing() {
@@ -539,6 +582,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                         Resolution::Served(conn) => {
                             drop(creating);
                             pending = Some(conn);
+                            given_in_line = true;
                             continue;
                         }
                         // Granted a second slot while taking its own: that one goes on.
@@ -607,9 +651,15 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             slept_until = retry_at;
         }
         match queued.take().map(Queued::abandon) {
-            Some(Resolution::Served(conn)) => pending = Some(conn),
+            Some(Resolution::Served(conn)) => {
+                pending = Some(conn);
+                given_in_line = true;
+            }
             // Kept for the next round unless the call is over (then dropping passes it on).
-            Some(Resolution::Granted) if !expired => granted = Some(Creating::adopt(shared)),
+            Some(Resolution::Granted) if !expired => {
+                granted = Some(Creating::adopt(shared));
+                given_in_line = true;
+            }
             Some(Resolution::Granted) => drop(Creating::adopt(shared)),
             Some(Resolution::Woken) if expired => shared.wake_creator(),
             _ => {}

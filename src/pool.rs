@@ -32,10 +32,14 @@
 //! task that returns a connection and asks again at once queues behind the waiters instead of
 //! taking it back (bb8#243), and a woken waiter never finds its connection gone.
 //!
-//! A freed slot or permit wakes the oldest waiter only if a creation could begin now (a slot
-//! *and* a permit free; both live in one atomic word, so whoever frees the second sees both).
-//! A creation failure and the first success after failures wake every waiter, so that each
-//! recomputes what the connect governor allows.
+//! When a slot or permit comes free and a creation could begin now (a slot *and* a permit
+//! free; both live in one atomic word, so whoever frees the second sees both), both are
+//! reserved and granted to the oldest waiter, which creates with them (while creations fail,
+//! that waiter is only woken to ask the governor). A getter that destroys the connection it
+//! holds (expired, failed validation) keeps its slot and creates with it, if a permit is free,
+//! rather than grant it to the next in line and queue behind. A creation failure and the first
+//! success after failures wake every waiter, so that each recomputes what the connect governor
+//! allows.
 //!
 //! ## Lost wake-ups
 //!
@@ -289,7 +293,7 @@ impl<M: ConnectionManager> Shared<M> {
         self.capacity.size()
     }
 
-    /// Gives a slot back and wakes one waiter, who may now create a connection.
+    /// Gives a slot back; the oldest waiter may now create with it (see `wake_creator`).
     pub(crate) fn release_slot(&self) {
         self.capacity.release_slot();
         self.wake_creator();
@@ -338,12 +342,43 @@ impl<M: ConnectionManager> Shared<M> {
         self.destroyed(reason);
     }
 
+    /// Destroys a connection the calling `get` held and keeps its slot for the call's next
+    /// try, as a creation with a permit added, so that the call does not grant the slot to the
+    /// next in line and then queue behind it. Gives the slot back as [`destroy`](Self::destroy)
+    /// does (`None`) while creations fail (the governor decides who tries) or when no permit
+    /// is free.
+    pub(crate) fn destroy_keeping_slot(
+        &self,
+        conn: impl OwnsSlot,
+        reason: DestroyReason,
+    ) -> Option<Creating<'_, M>> {
+        if self.governor.is_failing() || !self.capacity.try_add_permit(self.config.max_connecting) {
+            self.destroy(conn, reason);
+            return None;
+        }
+        // The slot and the permit are the creation's now: should the connection's `Drop` or
+        // the observer panic, dropping it gives both back.
+        let creating = Creating {
+            shared: self,
+            armed: true,
+        };
+        self.stats.destroyed(reason);
+        drop(conn);
+        self.observe_in_drop(|observer| observer.on_destroy(reason));
+        self.log_destroyed(reason);
+        Some(creating)
+    }
+
     /// Counts a connection that was just dropped and gives its slot back.
     fn destroyed(&self, reason: DestroyReason) {
         self.stats.destroyed(reason);
         // Slot first: an observer that panics must not take the slot with it.
         self.release_slot();
         self.observe_in_drop(|observer| observer.on_destroy(reason));
+        self.log_destroyed(reason);
+    }
+
+    fn log_destroyed(&self, reason: DestroyReason) {
         log::debug!(
             "{}: destroyed a connection ({}); size {}, idle {}",
             self.config.name,
@@ -723,9 +758,12 @@ impl<'a, M: ConnectionManager> Slot<'a, M> {
         self.conn.take().expect("slot holds a connection")
     }
 
-    /// Destroys the held connection (if any) and gives the slot back now.
-    pub(crate) fn destroy(mut self, reason: DestroyReason) {
-        self.drop_reason = reason;
+    /// Destroys the held connection and keeps the slot for the caller's next try, as
+    /// [`Shared::destroy_keeping_slot`] does.
+    pub(crate) fn destroy_keeping(mut self, reason: DestroyReason) -> Option<Creating<'a, M>> {
+        self.armed = false;
+        let conn = self.conn.take().expect("slot holds a connection");
+        self.shared.destroy_keeping_slot(conn, reason)
     }
 }
 

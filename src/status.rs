@@ -56,15 +56,19 @@ impl DestroyReason {
 pub struct Status {
     /// The configured `max_size`.
     pub max_size: usize,
-    /// Connections that exist, plus creations in flight.
+    /// Connections that exist, plus creations in flight or reserved for a waiter that has not
+    /// run yet.
     pub size: usize,
     /// Connections waiting in the pool to be checked out.
     pub idle: usize,
-    /// `size - idle`: connections held by callers, being validated or being created.
+    /// `size - idle`: connections held by callers, being validated or being created (or
+    /// reserved for a waiter to create).
     pub in_use: usize,
-    /// `get_connection` calls currently waiting for a connection.
+    /// `get_connection` calls currently waiting for a connection; a waiter that was just
+    /// handed a connection or a slot no longer counts, even before it runs.
     pub waiters: usize,
-    /// `create_connection` calls in flight (at most `max_connecting`).
+    /// `create_connection` calls in flight, counting a slot and permit reserved for a waiter
+    /// that has not run yet (at most `max_connecting`).
     pub connecting: usize,
     /// Totals since the pool was built.
     pub counters: Counters,

@@ -303,3 +303,28 @@ fn handles_and_guards_are_send_and_sync() {
         .unwrap();
     assert_send(&pool.get_connection());
 }
+
+#[tokio::test]
+async fn a_waiter_granted_a_slot_takes_a_connection_that_went_idle_meanwhile() {
+    use futures_lite::future::poll_once;
+    let (pool, manager) = pool(2);
+    let mut first = pool.get_connection().await.unwrap();
+    let second = pool.get_connection().await.unwrap();
+    let mut waiter = Box::pin(pool.get_connection());
+    assert!(poll_once(waiter.as_mut()).await.is_none(), "waits");
+    // A broken return grants its slot to the waiter, which no longer counts as waiting, so
+    // the next return goes idle before the waiter runs.
+    first.mark_broken();
+    drop(first);
+    let id = second.id;
+    drop(second);
+    manager.counts.set_create(Gate::Fail);
+    let conn = poll_once(waiter.as_mut())
+        .await
+        .expect("ready")
+        .expect("served with the idle connection, not a failed dial");
+    assert_eq!(conn.id, id);
+    assert_eq!(manager.counts.create_calls(), 2);
+    let status = pool.status();
+    assert_eq!((status.size, status.idle, status.connecting), (1, 0, 0));
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestManager, eventually};
+use common::{Gate, TestManager, eventually};
 use connection_pool::{ConnectionPool, ValidationPolicy};
 use std::sync::{
     Arc, Mutex,
@@ -139,4 +139,38 @@ fn a_freed_slot_is_reserved_for_the_woken_waiter_not_taken_by_a_newcomer() {
     assert!(block_on(poll_once(newcomer.as_mut())).is_none());
     drop(second_conn.unwrap());
     assert!(block_on(poll_once(newcomer.as_mut())).is_some());
+}
+
+#[test]
+fn a_waiter_whose_connection_fails_validation_creates_with_its_slot_and_keeps_its_place() {
+    use futures_lite::future::{block_on, poll_once};
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(1)
+        .validation(ValidationPolicy::Always)
+        .no_runtime()
+        .build()
+        .unwrap();
+    let held = block_on(pool.get_connection()).unwrap();
+    let mut first = Box::pin(pool.get_connection());
+    let mut second = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(first.as_mut())).is_none(), "waits");
+    assert!(block_on(poll_once(second.as_mut())).is_none(), "waits");
+    // The connection reaches the oldest waiter and fails its check there.
+    manager.counts.set_validate(Gate::Fail);
+    drop(held);
+    // Polled a few times (a failing check yields once), never awaited: before, it queued
+    // again behind `second`, and awaiting it would hang.
+    let conn = (0..10)
+        .find_map(|_| block_on(poll_once(first.as_mut())))
+        .expect("the oldest waiter creates with the freed slot")
+        .unwrap();
+    manager.counts.set_validate(Gate::Ok);
+    assert_eq!(manager.counts.create_calls(), 2);
+    assert!(
+        block_on(poll_once(second.as_mut())).is_none(),
+        "still waits"
+    );
+    drop(conn);
+    assert!(block_on(poll_once(second.as_mut())).is_some());
 }

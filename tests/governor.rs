@@ -217,3 +217,34 @@ async fn idle_connections_are_still_handed_out_while_creations_are_rejected() {
         "the rejected calls did not dial"
     );
 }
+
+#[tokio::test]
+async fn slots_granted_before_creations_began_to_fail_obey_the_governor() {
+    use futures_lite::future::poll_once;
+    let (pool, manager, _clock) = pool(3, 3);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(pool.get_connection().await.unwrap());
+    }
+    let mut waiters: Vec<_> = (0..3).map(|_| Box::pin(pool.get_connection())).collect();
+    for waiter in &mut waiters {
+        assert!(poll_once(waiter.as_mut()).await.is_none(), "waits");
+    }
+    // Each broken return grants its slot to a waiter; then the backend starts refusing.
+    manager.counts.set_create(Gate::Reject);
+    for mut conn in held {
+        conn.mark_broken();
+        drop(conn);
+    }
+    for waiter in &mut waiters {
+        let result = poll_once(waiter.as_mut()).await.expect("done at once");
+        assert!(matches!(result, Err(PoolError::Rejected(_))), "{result:?}");
+    }
+    assert_eq!(
+        manager.counts.create_calls(),
+        4,
+        "after the first refusal the other grantees are rejected without dialling"
+    );
+    let status = pool.status();
+    assert_eq!((status.size, status.connecting), (0, 0), "{status:?}");
+}

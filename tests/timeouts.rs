@@ -373,3 +373,36 @@ async fn a_connection_handed_over_as_the_deadline_passes_is_passed_on_not_destro
     assert_eq!((status.size, status.idle), (1, 1));
     assert_eq!(manager.counts.live(), 1);
 }
+
+#[tokio::test]
+async fn a_slot_granted_as_the_deadline_passes_is_passed_on_not_dialled_with() {
+    let (pool, manager, clock) = pool(1);
+    let mut held = pool.get_connection().await.unwrap();
+    let waiter = spawn_get(&pool);
+    eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    // The waiter's deadline passes, and its place is granted the slot the broken connection
+    // frees, before it runs again.
+    clock.advance(Duration::from_secs(31));
+    held.mark_broken();
+    drop(held);
+    assert_eq!(phase(waiter.await.unwrap()), TimeoutPhase::Waiting);
+    assert_eq!(
+        manager.counts.create_calls(),
+        1,
+        "no dial with no time left"
+    );
+    let status = pool.status();
+    assert_eq!((status.size, status.connecting), (0, 0), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_zero_timeout_still_checks_an_idle_connection_that_answers_at_once() {
+    let (pool, manager, _clock) = pool(1);
+    drop(pool.get_connection().await.unwrap());
+    let conn = pool
+        .get_connection_timeout(Duration::ZERO)
+        .await
+        .expect("an idle connection whose check completes on its first poll");
+    assert_eq!(manager.counts.validations(), 1);
+    drop(conn);
+}
