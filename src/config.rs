@@ -35,7 +35,9 @@ pub enum ValidationPolicy {
     Never,
     /// Only when the connection has been idle longer than this. A connection returned a moment
     /// ago was working a moment ago, so a busy pool pays no round trip per checkout. The default
-    /// is `IdleLongerThan(500 ms)`.
+    /// is `IdleLongerThan(500 ms)`. Idle time is read from a coarse clock (a few milliseconds
+    /// per tick on Linux), so even a zero threshold skips the check for a connection reused
+    /// within the tick it came back in; use `Always` to check every time.
     IdleLongerThan(Duration),
 }
 

@@ -103,6 +103,42 @@ async fn detach_takes_the_connection_out_and_frees_its_slot() {
 }
 
 #[tokio::test]
+async fn detaching_while_a_caller_waits_lets_that_caller_create() {
+    use futures_lite::future::poll_once;
+    let (pool, manager) = pool(1);
+    let conn = pool.get_connection().await.unwrap();
+    let mut waiter = Box::pin(pool.get_connection());
+    assert!(poll_once(waiter.as_mut()).await.is_none(), "waits");
+    let raw = conn.detach();
+    let served = poll_once(waiter.as_mut())
+        .await
+        .expect("the freed slot went to the waiter")
+        .unwrap();
+    assert_ne!(served.id, raw.id);
+    assert_eq!(manager.counts.create_calls(), 2);
+    let status = pool.status();
+    assert_eq!((status.size, status.waiters, status.connecting), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn a_timeout_too_large_for_the_clock_means_no_limit() {
+    let (pool, _manager) = pool(1);
+    let held = pool.get_connection().await.unwrap();
+    let id = held.id;
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            pool.get_connection_timeout(Duration::MAX)
+                .await
+                .map(|c| c.id)
+        }
+    });
+    common::eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    drop(held);
+    assert_eq!(waiter.await.unwrap().unwrap(), id);
+}
+
+#[tokio::test]
 async fn mark_broken_destroys_on_return() {
     let (pool, manager) = pool(2);
     let mut conn = pool.get_connection().await.unwrap();

@@ -138,3 +138,32 @@ async fn a_waiter_served_as_the_pool_closes_gets_closed_not_the_connection() {
     let status = pool.status();
     assert_eq!((status.size, status.counters.destroyed.closed), (0, 1));
 }
+
+#[tokio::test]
+async fn a_check_in_progress_at_close_finishes_and_its_connection_goes_when_the_guard_drops() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .validation(connection_pool::ValidationPolicy::Always)
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap();
+    drop(pool.get_connection().await.unwrap());
+    manager
+        .counts
+        .set_validate(Gate::Delay(Duration::from_millis(20)));
+    let getter = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let conn = pool.get_connection().await?;
+            // Held across the close: the pool takes it back only when the guard drops.
+            assert_eq!(conn.id, 0);
+            Ok::<_, PoolError<common::TestError>>(conn.id)
+        }
+    });
+    eventually("the check started", || manager.counts.validations() == 1).await;
+    pool.close();
+    assert_eq!(getter.await.unwrap().unwrap(), 0, "the checked connection");
+    let status = pool.status();
+    assert_eq!((status.size, manager.counts.live()), (0, 0), "{status:?}");
+    assert_eq!(status.counters.destroyed.closed, 1);
+}

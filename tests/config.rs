@@ -42,6 +42,26 @@ fn defaults_match_the_0_2_crate() {
         config.validation,
         ValidationPolicy::IdleLongerThan(Duration::from_millis(500))
     );
+    // Added since 0.2.
+    assert_eq!(config.validation_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(config.max_connecting, 2);
+    assert_eq!(config.leak_detection_threshold, None);
+    assert_eq!(config.name, "connection-pool");
+}
+
+#[test]
+fn max_connecting_zero_is_refused_and_a_zero_validation_threshold_is_accepted() {
+    assert_eq!(
+        config_field(builder().no_runtime().max_connecting(0).build()),
+        "max_connecting"
+    );
+    let pool = builder()
+        .no_runtime()
+        .validation(ValidationPolicy::IdleLongerThan(Duration::ZERO))
+        .build()
+        .expect("a zero threshold is a valid setting");
+    drop(futures_lite::future::block_on(pool.get_connection()).unwrap());
+    drop(futures_lite::future::block_on(pool.get_connection()).unwrap());
 }
 
 #[test]
