@@ -1,0 +1,144 @@
+//! `TcpConnectionManager` against a loopback line server: the default `NotClosed` health
+//! check, what `has_broken` destroys on return (bytes left unread, `mark_failed`), and socket
+//! options. (tests/runtimes.rs runs `PingPong`, a write with no read and end of stream on
+//! every runtime.)
+
+#![cfg(all(feature = "tcp", feature = "tokio"))]
+
+use connection_pool::{
+    ConnectionPool, TcpConnection, TcpConnectionManager, TokioRuntime, ValidationPolicy,
+};
+use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::mpsc,
+    thread,
+};
+
+/// Replies to each line with the line, except `TWO` (two lines: `one`, `two`) and `BYE`
+/// (replies `bye`, closes the connection, then reports it on `closed`).
+struct LineServer {
+    addr: SocketAddr,
+    closed: mpsc::Receiver<()>,
+}
+
+impl LineServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let addr = listener.local_addr().expect("an address");
+        let (closed_tx, closed) = mpsc::channel();
+        // The acceptor and connection threads end with the test process.
+        thread::spawn(move || {
+            for socket in listener.incoming().flatten() {
+                let closed = closed_tx.clone();
+                thread::spawn(move || serve(socket, &closed));
+            }
+        });
+        Self { addr, closed }
+    }
+}
+
+fn serve(socket: TcpStream, closed: &mpsc::Sender<()>) {
+    let Ok(mut writer) = socket.try_clone() else {
+        return;
+    };
+    for line in BufReader::new(socket).lines() {
+        let reply = match line.as_deref() {
+            Err(_) => return,
+            Ok("BYE") => {
+                let _ = writeln!(writer, "bye");
+                let _ = writer.shutdown(std::net::Shutdown::Both);
+                let _ = closed.send(());
+                return;
+            }
+            Ok("TWO") => "one\ntwo",
+            Ok(other) => other,
+        };
+        if writeln!(writer, "{reply}").is_err() {
+            return;
+        }
+    }
+}
+
+fn pool(server: &LineServer, validation: ValidationPolicy) -> ConnectionPool<TcpConnectionManager> {
+    ConnectionPool::builder(TcpConnectionManager::new(server.addr))
+        .max_size(1)
+        .validation(validation)
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap()
+}
+
+async fn request(conn: &mut TcpConnection, line: &str) -> String {
+    conn.write_all(format!("{line}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    conn.read_line(&mut reply).await.unwrap();
+    reply
+}
+
+#[tokio::test]
+async fn the_default_check_replaces_a_connection_the_server_closed() {
+    let server = LineServer::start();
+    let pool = pool(&server, ValidationPolicy::Always);
+    let mut conn = pool.get_connection().await.unwrap();
+    let first = conn.local_addr().unwrap();
+    assert_eq!(request(&mut conn, "hello").await, "hello\n");
+    // The server answers, then closes the connection, which goes back to the pool whole:
+    // nothing was read past the reply.
+    assert_eq!(request(&mut conn, "BYE").await, "bye\n");
+    server.closed.recv().unwrap();
+    drop(conn);
+    assert_eq!(pool.status().idle, 1);
+
+    let mut conn = pool.get_connection().await.unwrap();
+    assert_ne!(conn.local_addr().unwrap(), first, "a new connection");
+    assert_eq!(request(&mut conn, "again").await, "again\n");
+    assert_eq!(pool.status().counters.destroyed.validation_failed, 1);
+}
+
+#[tokio::test]
+async fn bytes_left_unread_destroy_the_connection_on_return() {
+    let server = LineServer::start();
+    let pool = pool(&server, ValidationPolicy::Never);
+    let mut conn = pool.get_connection().await.unwrap();
+    // Two lines come back; the user reads one, so the other sits in the read buffer.
+    assert_eq!(request(&mut conn, "TWO").await, "one\n");
+    // Read in with the first or not, `fill_buf` has it buffered now.
+    assert_eq!(conn.fill_buf().await.unwrap(), b"two\n");
+    let first = conn.local_addr().unwrap();
+    drop(conn);
+    assert_eq!(pool.status().counters.destroyed.broken, 1);
+    let mut conn = pool.get_connection().await.unwrap();
+    assert_ne!(conn.local_addr().unwrap(), first);
+    assert_eq!(request(&mut conn, "clean").await, "clean\n", "not `two`");
+}
+
+#[tokio::test]
+async fn a_connection_marked_failed_is_destroyed_on_return() {
+    let server = LineServer::start();
+    let pool = pool(&server, ValidationPolicy::Never);
+    let mut conn = pool.get_connection().await.unwrap();
+    assert_eq!(request(&mut conn, "hi").await, "hi\n");
+    assert!(!conn.has_failed());
+    conn.mark_failed();
+    drop(conn);
+    assert_eq!(pool.status().counters.destroyed.broken, 1);
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test]
+async fn nodelay_is_set_as_configured() {
+    let server = LineServer::start();
+    for nodelay in [true, false] {
+        let manager = TcpConnectionManager::new(server.addr).nodelay(nodelay);
+        let pool = ConnectionPool::builder(manager)
+            .runtime(TokioRuntime::current())
+            .build()
+            .unwrap();
+        let conn = pool.get_connection().await.unwrap();
+        assert_eq!(conn.get_ref().nodelay().unwrap(), nodelay);
+    }
+}
