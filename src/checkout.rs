@@ -432,11 +432,11 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         }
         if candidate.is_none() && granted.is_some() {
             // Granted a slot, yet a connection came back meanwhile and went idle (nobody was
-            // counted as waiting any more): take it, and pass the slot on.
+            // counted as waiting any more): take it, and pass the slot on. It stands for what
+            // was given in line, deadline rule included.
             if let Some(conn) = shared.idle.pop() {
                 drop(granted.take());
                 candidate = Some(conn);
-                given_in_line = false;
             }
         } else if candidate.is_none() {
             match &queued {
@@ -471,6 +471,8 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             // that slot to the next in line would send this call to the back.
             if let Some(reason) = shared.expiry(&conn, now) {
                 granted = shared.destroy_keeping_slot(conn, reason);
+                // The kept slot stands for what was given in line, deadline rule included.
+                given_in_line = handed_over && granted.is_some();
                 continue;
             }
             if !shared.needs_validation(&conn, now) {
@@ -502,6 +504,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                         shared.config.name
                     );
                     granted = slot.destroy_keeping(DestroyReason::ValidationFailed);
+                    given_in_line = handed_over && granted.is_some();
                     continue;
                 }
                 Err(_) if call_deadline_first(call_deadline, check_limit) => {
@@ -518,6 +521,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                         shared.config.validation_timeout.unwrap_or_default(),
                     );
                     granted = slot.destroy_keeping(DestroyReason::ValidationAborted);
+                    given_in_line = handed_over && granted.is_some();
                     continue;
                 }
             }

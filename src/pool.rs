@@ -352,18 +352,26 @@ impl<M: ConnectionManager> Shared<M> {
         conn: impl OwnsSlot,
         reason: DestroyReason,
     ) -> Option<Creating<'_, M>> {
-        if self.governor.is_failing() || !self.capacity.try_add_permit(self.config.max_connecting) {
+        if self.governor.is_failing() {
             self.destroy(conn, reason);
             return None;
         }
-        // The slot and the permit are the creation's now: should the connection's `Drop` or
-        // the observer panic, dropping it gives both back.
+        // As in `destroy`: should the connection's `Drop` panic, the guard counts it, gives
+        // its slot back and tells the observer.
+        let unwinding = PanicGuard::for_reason(self, reason);
+        drop(conn);
+        unwinding.disarm();
+        if !self.capacity.try_add_permit(self.config.max_connecting) {
+            self.destroyed(reason);
+            return None;
+        }
+        // The slot and the permit are the creation's now: should the observer panic, dropping
+        // it gives both back.
         let creating = Creating {
             shared: self,
             armed: true,
         };
         self.stats.destroyed(reason);
-        drop(conn);
         self.observe_in_drop(|observer| observer.on_destroy(reason));
         self.log_destroyed(reason);
         Some(creating)

@@ -427,7 +427,10 @@ impl Drop for Bomb {
     }
 }
 
-struct BombManager;
+/// Makes [`Bomb`]s; with `fails_checks`, every `is_valid` fails.
+struct BombManager {
+    fails_checks: bool,
+}
 
 impl connection_pool::ConnectionManager for BombManager {
     type Connection = Bomb;
@@ -438,17 +441,63 @@ impl connection_pool::ConnectionManager for BombManager {
     }
 
     async fn is_valid(&self, _conn: &mut Bomb) -> Result<(), std::io::Error> {
-        Ok(())
+        match self.fails_checks {
+            true => Err(std::io::Error::other("the check fails on purpose")),
+            false => Ok(()),
+        }
+    }
+}
+
+/// Counts `on_destroy` calls.
+#[derive(Default)]
+struct CountsDestroys(AtomicUsize);
+
+impl connection_pool::PoolObserver for CountsDestroys {
+    fn on_destroy(&self, _reason: connection_pool::DestroyReason) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 #[test]
-fn a_connection_whose_drop_panics_still_gives_its_slot_back() {
-    let pool = ConnectionPool::builder(BombManager)
+fn a_connection_whose_drop_panics_after_a_failed_check_is_counted_and_observed() {
+    let observer = Arc::new(CountsDestroys::default());
+    let pool = ConnectionPool::builder(BombManager { fails_checks: true })
         .max_size(1)
+        .validation(ValidationPolicy::Always)
+        .observer(Arc::clone(&observer))
         .no_runtime()
         .build()
         .unwrap();
+    drop(block_on(pool.get_connection()).unwrap());
+    // The check fails, and dropping the connection panics out of the `get`.
+    let got = catch_unwind(AssertUnwindSafe(|| block_on(pool.get_connection())));
+    assert!(got.is_err());
+    let status = pool.status();
+    assert_eq!(
+        (
+            status.size,
+            status.connecting,
+            status.counters.destroyed.validation_failed
+        ),
+        (0, 0, 1),
+        "{status:?}"
+    );
+    assert_eq!(
+        observer.0.load(Ordering::SeqCst),
+        1,
+        "the observer was told"
+    );
+}
+
+#[test]
+fn a_connection_whose_drop_panics_still_gives_its_slot_back() {
+    let pool = ConnectionPool::builder(BombManager {
+        fails_checks: false,
+    })
+    .max_size(1)
+    .no_runtime()
+    .build()
+    .unwrap();
     let mut conn = block_on(pool.get_connection()).unwrap();
     conn.mark_broken();
     assert!(catch_unwind(AssertUnwindSafe(|| drop(conn))).is_err());

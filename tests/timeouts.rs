@@ -406,3 +406,54 @@ async fn a_zero_timeout_still_checks_an_idle_connection_that_answers_at_once() {
     assert_eq!(manager.counts.validations(), 1);
     drop(conn);
 }
+
+#[tokio::test]
+async fn a_connection_taken_in_place_of_a_late_grant_is_passed_on_not_checked() {
+    let (pool, manager, clock) = pool(2);
+    let mut first = pool.get_connection().await.unwrap();
+    let second = pool.get_connection().await.unwrap();
+    let waiter = spawn_get(&pool);
+    eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    // Past the waiter's deadline: a broken return grants it a slot, then a healthy return
+    // goes idle (nobody counts as waiting), all before the waiter runs.
+    clock.advance(Duration::from_secs(31));
+    first.mark_broken();
+    drop(first);
+    drop(second);
+    manager.counts.set_validate(Gate::Hang);
+    assert_eq!(phase(waiter.await.unwrap()), TimeoutPhase::Waiting);
+    let status = pool.status();
+    assert_eq!(status.counters.destroyed.total(), 1, "only the broken one");
+    assert_eq!((status.size, status.idle), (1, 1), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_late_hand_off_that_expired_meanwhile_is_not_replaced_with_no_time_left() {
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(1)
+        .wait_timeout(Duration::from_secs(30))
+        .max_lifetime(Duration::from_secs(40))
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    let held = pool.get_connection().await.unwrap();
+    let waiter = spawn_get(&pool);
+    eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    clock.advance(Duration::from_secs(31));
+    drop(held);
+    // Handed over after the deadline, and past its lifetime before the waiter runs.
+    clock.advance(Duration::from_secs(10));
+    manager.counts.set_create(Gate::Hang);
+    assert_eq!(phase(waiter.await.unwrap()), TimeoutPhase::Waiting);
+    assert_eq!(
+        manager.counts.create_calls(),
+        1,
+        "no dial with no time left"
+    );
+    let status = pool.status();
+    assert_eq!((status.size, status.connecting), (0, 0), "{status:?}");
+}
