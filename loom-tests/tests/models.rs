@@ -1,13 +1,15 @@
 //! Loom models of the pool's races. Each uses at most 3 threads and `max_size` 1 or 2, drives
 //! the pool's real code through its public API, and asserts on the manager's own count of live
-//! connections. A `get` that can never complete shows up as a loom deadlock.
+//! connections. A `get` that can never complete shows up as a loom deadlock. Models 12 run the
+//! pool on a [`ModelRuntime`], whose clock only the model moves; the others have no runtime.
 //!
 //! Run: `cd loom-tests && RUSTFLAGS="--cfg loom" cargo test --release`
 #![cfg(loom)]
 
-use connection_pool::{ConnectionPool, PoolError};
+use connection_pool::{ConnectionPool, PoolError, TimeoutPhase, ValidationPolicy};
 use connection_pool_loom_tests::{
-    Create, ModelManager, check, get, get_owned, poll_once_then_drop, pool, pool_connecting,
+    Create, ModelManager, ModelRuntime, check, get, get_owned, poll_once_then_drop, pool,
+    pool_connecting, timed_pool,
 };
 use loom::thread;
 use std::time::{Duration, Instant};
@@ -559,4 +561,100 @@ fn m11_a_waiter_that_leaves_the_line_to_create_passes_its_wake_up_on() {
         drop(pool);
         assert_eq!(counts.live(), 0);
     });
+}
+
+/// 12. A timer fires while a hand-off (12a) or a grant (12b) is in flight. The pool runs on a
+///     [`ModelRuntime`]; `max_size` 1, the one connection held by the main thread. One thread
+///     asks with a 1 s `get_connection_timeout`; another moves the clock to 5 s, so that the
+///     first call's timer fires, then asks with the pool's 10 s `wait_timeout`, whose timer
+///     never fires; meanwhile the main thread gives the connection back (12a: handed to the
+///     oldest waiter, validated on checkout so that one handed over after the deadline takes
+///     the give-on exit rather than being checked) or destroys it (12b: its slot and a permit
+///     granted to the oldest waiter). Wherever the clock moves (before the wait, between the
+///     hand-off or grant and the wake-up, while the timed-out call leaves the line), the 1 s
+///     call ends with the connection or a `Waiting` timeout, and whatever it was given and did
+///     not use goes on: the 10 s call is always served, or loom reports a deadlock. At the end
+///     the slot count equals the live connections and nothing is connecting or waiting.
+///
+///     (The clock moves on the patient thread before it asks, not on a fourth thread: that
+///     model took 37 s and 104 s under the unfenced queues. What it explored on top: the
+///     patient call parked before the clock moves.)
+fn timer_fires_during_a_hand_off_or_grant(name: &str, broken: bool) {
+    check(name, move || {
+        let runtime = ModelRuntime::new();
+        let clock = runtime.clock();
+        // A hand-off is validated, to reach the give-on of a connection handed over after the
+        // deadline; a grant creates, and no check leaves loom fewer steps.
+        let validation = if broken {
+            ValidationPolicy::Never
+        } else {
+            ValidationPolicy::Always
+        };
+        let pool = timed_pool(
+            1,
+            Duration::from_secs(10),
+            validation,
+            runtime,
+            ModelManager::new(&[]),
+        );
+        let counts = pool.manager().counts.clone();
+        let mut held = get(&pool).unwrap();
+        if broken {
+            held.mark_broken();
+        }
+
+        let impatient = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                match loom::future::block_on(pool.get_connection_timeout(Duration::from_secs(1))) {
+                    // Served before its deadline, or after it with nothing left to do.
+                    Ok(conn) => {
+                        conn.claim();
+                        conn.unclaim();
+                    }
+                    Err(PoolError::Timeout {
+                        phase: TimeoutPhase::Waiting,
+                        ..
+                    }) => {}
+                    Err(other) => panic!("the 1 s call ended with {other:?}"),
+                }
+            })
+        };
+        let patient = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                clock.advance_to(Duration::from_secs(5));
+                let conn = get(&pool).expect("the 10 s call is served");
+                conn.claim();
+                assert!(pool.manager().counts.live() <= 1, "more than max_size live");
+                conn.unclaim();
+            })
+        };
+        drop(held);
+        impatient.join().unwrap();
+        patient.join().unwrap();
+
+        let status = pool.status();
+        assert_eq!(status.size, counts.live(), "pool and manager agree");
+        assert_eq!(status.connecting, 0);
+        assert_eq!(status.waiters, 0);
+        assert_eq!(
+            counts.peak(),
+            1,
+            "never more than max_size live connections"
+        );
+        assert_eq!(counts.created(), if broken { 2 } else { 1 });
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+#[test]
+fn m12a_a_timer_fires_during_a_hand_off() {
+    timer_fires_during_a_hand_off_or_grant("m12a timer during a hand-off", false);
+}
+
+#[test]
+fn m12b_a_timer_fires_during_a_grant() {
+    timer_fires_during_a_hand_off_or_grant("m12b timer during a grant", true);
 }
