@@ -8,8 +8,8 @@
 
 use connection_pool::{ConnectionPool, PoolError, TimeoutPhase, ValidationPolicy};
 use connection_pool_loom_tests::{
-    Create, ModelManager, ModelRuntime, check, get, get_owned, poll_once_then_drop, pool,
-    pool_connecting, timed_pool,
+    Create, GetResult, ModelManager, ModelRuntime, check, get, get_owned, poll_once_then_drop,
+    pool, pool_connecting, timed_pool,
 };
 use loom::thread;
 use std::time::{Duration, Instant};
@@ -657,4 +657,78 @@ fn m12a_a_timer_fires_during_a_hand_off() {
 #[test]
 fn m12b_a_timer_fires_during_a_grant() {
     timer_fires_during_a_hand_off_or_grant("m12b timer during a grant", true);
+}
+
+/// `Some` connection, or `None` for the scripted create failure; any other error fails.
+fn served_or_backend(
+    result: GetResult<'_>,
+) -> Option<connection_pool::PooledConnection<'_, ModelManager>> {
+    match result {
+        Ok(conn) => {
+            conn.claim();
+            Some(conn)
+        }
+        Err(PoolError::Backend(_)) => None,
+        Err(other) => panic!("unexpected error: {other:?}"),
+    }
+}
+
+/// 13. Capacity comes free while creations fail. No runtime (so the governor serialises
+///     creations after a failure but never backs off), `max_size` 2, `max_connecting` 1, both
+///     connections held, the third create scripted to fail. A waiter parks; the main thread
+///     destroys one connection (its slot and permit are granted to the waiter, or taken by the
+///     main thread's own `get` that follows) while another thread destroys the other. The
+///     third create fails, so the second slot comes free before, during or after the failure:
+///     granted, or (the failing branch of `Shared::wake_creator`) only a wake-up to ask the
+///     governor, with the main thread's `get` parked or not. Exactly one call sees the
+///     failure, the other is served (a stranded one is a loom deadlock), never more than two
+///     connections or one creation at a time, and the slots end equal to the live connections.
+///
+///     (The second waiter is the main thread, after its destroy, rather than a fourth thread:
+///     with four threads the model took 330 s under the unfenced queues, and its second slot
+///     never met the failing branch with a waiter parked, which this one does.)
+#[test]
+fn m13_capacity_freed_while_creations_fail() {
+    check("m13 capacity freed while failing", || {
+        let pool = pool_connecting(
+            2,
+            1,
+            ModelManager::new(&[Create::Ok, Create::Ok, Create::Fail]),
+        );
+        let counts = pool.manager().counts.clone();
+        let mut a = get(&pool).unwrap();
+        let mut b = get_owned(&pool).unwrap();
+        a.mark_broken();
+        b.mark_broken();
+
+        // Keeps what it got until the end, so that it cannot rescue the other call.
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || served_or_backend(get_owned(&pool)))
+        };
+        let dropper = thread::spawn(move || drop(b));
+        drop(a);
+        let mine = served_or_backend(get(&pool));
+        dropper.join().unwrap();
+        let other = waiter.join().unwrap();
+
+        assert_eq!(
+            usize::from(mine.is_some()) + usize::from(other.is_some()),
+            1,
+            "one call sees the one failure, the other is served"
+        );
+        assert_eq!(counts.create_calls(), 4);
+        assert!(
+            counts.peak() <= 2,
+            "never more than max_size live connections"
+        );
+        assert_eq!(counts.peak_creating(), 1, "max_connecting 1");
+        let status = pool.status();
+        assert_eq!(status.size, counts.live(), "pool and manager agree");
+        assert_eq!(status.connecting, 0);
+        assert_eq!(status.waiters, 0);
+        drop((mine, other));
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
 }
