@@ -9,7 +9,7 @@
 use connection_pool::{ConnectionPool, PoolError, TimeoutPhase, ValidationPolicy};
 use connection_pool_loom_tests::{
     Create, GetResult, ModelManager, ModelRuntime, check, get, get_owned, poll_once_then_drop,
-    pool, pool_connecting, timed_pool,
+    pool, pool_connecting, pool_validating, timed_pool,
 };
 use loom::thread;
 use std::time::{Duration, Instant};
@@ -728,6 +728,65 @@ fn m13_capacity_freed_while_creations_fail() {
         assert_eq!(status.connecting, 0);
         assert_eq!(status.waiters, 0);
         drop((mine, other));
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 14. A connection handed to a waiter fails validation, racing another waiter and a
+///     return. `max_size` 1, `ValidationPolicy::Always`, the first check fails. Two waiters
+///     ask while the main thread returns the one connection; whoever checks it (served in
+///     line, or popping it from the idle queue) destroys it and keeps its slot to create in
+///     (`Shared::destroy_keeping_slot`) rather than grant it to the next in line; each waiter
+///     returns what it got. Both are served (a hang is a loom deadlock), never two connections
+///     live, the replacement is the one checked next, and the slots end equal to the live
+///     connections.
+///
+///     (On `max_size` 2, with a second connection returned to the second waiter meanwhile,
+///     the model took 52 s under the unfenced queues.)
+#[test]
+fn m14_a_connection_that_fails_validation_keeps_its_slot() {
+    check("m14 failed validation keeps the slot", || {
+        let pool = pool_validating(
+            1,
+            ValidationPolicy::Always,
+            ModelManager::new(&[]).with_checks(&[false]),
+        );
+        let counts = pool.manager().counts.clone();
+        let held = get(&pool).unwrap();
+
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                thread::spawn(move || {
+                    let conn = get(&pool).expect("served");
+                    conn.claim();
+                    assert!(pool.manager().counts.live() <= 1, "more than max_size live");
+                    conn.unclaim();
+                    conn.id
+                })
+            })
+            .collect();
+        drop(held);
+        let mut served: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        served.sort_unstable();
+
+        assert_eq!(served, [1, 1], "the replacement serves both");
+        assert_eq!(
+            counts.created(),
+            2,
+            "the connection that failed its check was replaced"
+        );
+        assert_eq!(
+            counts.peak(),
+            1,
+            "never more than max_size live connections"
+        );
+        assert_eq!(pool.manager().checks_made(), 2);
+        let status = pool.status();
+        assert_eq!(status.size, counts.live(), "pool and manager agree");
+        assert_eq!(status.connecting, 0);
+        assert_eq!(status.waiters, 0);
         drop(pool);
         assert_eq!(counts.live(), 0);
     });
