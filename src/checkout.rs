@@ -397,7 +397,8 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
     let mut granted: Option<Creating<'_, M>> = None;
     // Whether the connection or grant in hand was given to this call in line (a hand-off or
     // a grant), rather than taken by the call itself: one given after the call's deadline
-    // goes on to the next caller instead of being validated or used with no time left.
+    // goes on to the next caller instead of being validated or dialled with no time left (a
+    // connection that needs no check is handed out: that takes no time).
     let mut given_in_line = false;
     loop {
         // When the governor holds creation back until an instant, wake then to try again.
