@@ -8,7 +8,7 @@ use crate::{
     governor::Admission,
     manager::ConnectionManager,
     pool::{ConnectionPool, Creating, Shared, Slot},
-    runtime::run_bounded,
+    runtime::{run_bounded, wait_bounded},
     status::{DestroyReason, Stats},
     sync::Arc,
     waitlist::{Resolution, WaitSlot},
@@ -400,6 +400,10 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
     // goes on to the next caller instead of being validated or dialled with no time left (a
     // connection that needs no check is handed out: that takes no time).
     let mut given_in_line = false;
+    // Set once this call's own wait timer told it the deadline passed. Trusted like the timer
+    // in step 3: a clock that lags its timers (a coarse one, or one that stands still) would
+    // say there is still time.
+    let mut deadline_passed = false;
     loop {
         // When the governor holds creation back until an instant, wake then to try again.
         let mut retry_at = None;
@@ -484,7 +488,10 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             let mut slot = Slot::holding(shared, conn, DestroyReason::ValidationAborted);
             let check_limit = from_now(shared, shared.config.validation_timeout);
             let call_deadline = deadline.limit(shared, None);
-            if handed_over && call_deadline.is_some_and(|deadline| shared.now() >= deadline) {
+            if handed_over
+                && (deadline_passed
+                    || call_deadline.is_some_and(|deadline| shared.now() >= deadline))
+            {
                 // Handed over as the call's time ran out: no time is left to check it, and
                 // the connection is not at fault. It goes to the next caller, who can. (One
                 // the call took itself is checked even so: a zero timeout still gets an
@@ -542,9 +549,10 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             }
             if grant.is_some()
                 && grant_given
-                && deadline
-                    .limit(shared, None)
-                    .is_some_and(|deadline| shared.now() >= deadline)
+                && (deadline_passed
+                    || deadline
+                        .limit(shared, None)
+                        .is_some_and(|deadline| shared.now() >= deadline))
             {
                 // Granted as the call's time ran out: no time is left to create, and the
                 // grant goes to the next caller.
@@ -641,7 +649,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             (Some(limit), Some(retry)) => Some(limit.min(retry)),
             (limit, retry) => limit.or(retry),
         };
-        if run_bounded(runtime, wake, listener).await.is_ok() {
+        if wait_bounded(runtime, wake, listener).await.is_ok() {
             continue;
         }
         // The call's deadline passed, or the governor's delay ended and this call may try to
@@ -652,6 +660,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
         let expired = limit.is_some_and(|limit| {
             retry_at.is_none_or(|retry| limit <= retry) || shared.now() >= limit
         });
+        deadline_passed |= expired;
         if !expired {
             slept_until = retry_at;
         }

@@ -92,7 +92,7 @@ pub trait Runtime: Send + Sync + 'static {
     }
 }
 
-/// Why [`run_bounded`] gave up on its future.
+/// Why [`run_bounded`] or [`wait_bounded`] gave up on its future.
 pub(crate) struct Elapsed;
 
 /// Polls `future` until it finishes or `limit` passes, whichever is first.
@@ -113,5 +113,29 @@ pub(crate) async fn run_bounded<F: Future>(
         timer.await;
         Err(Elapsed)
     })
+    .await
+}
+
+/// Like [`run_bounded`], but the timer is polled first: when the wake-up and the timer are
+/// ready together, the timer wins. For a wait in line, so that the call learns from its own
+/// timer that its time is up, rather than from a clock that may lag the timer, and passes on
+/// whatever reached it as time ran out.
+pub(crate) async fn wait_bounded<F: Future>(
+    runtime: Option<&dyn Runtime>,
+    limit: Option<Instant>,
+    wake_up: F,
+) -> Result<F::Output, Elapsed> {
+    let (Some(runtime), Some(limit)) = (runtime, limit) else {
+        return Ok(wake_up.await);
+    };
+    let remaining = limit.saturating_duration_since(runtime.now());
+    let timer = runtime.sleep(remaining);
+    futures_lite::future::or(
+        async {
+            timer.await;
+            Err(Elapsed)
+        },
+        async { Ok(wake_up.await) },
+    )
     .await
 }

@@ -457,3 +457,59 @@ async fn a_late_hand_off_that_expired_meanwhile_is_not_replaced_with_no_time_lef
     let status = pool.status();
     assert_eq!((status.size, status.connecting), (0, 0), "{status:?}");
 }
+
+/// Timers that follow a [`ManualClock`] and a `now()` that stands still: a clock that lags its
+/// timers, as the `Runtime` contract allows.
+struct LaggingClock {
+    timers: ManualRuntime,
+    now: std::time::Instant,
+}
+
+impl connection_pool::Runtime for LaggingClock {
+    fn spawn(&self, task: connection_pool::BoxFuture<()>) {
+        self.timers.spawn(task);
+    }
+
+    fn sleep(&self, duration: Duration) -> connection_pool::BoxFuture<()> {
+        self.timers.sleep(duration)
+    }
+
+    fn now(&self) -> std::time::Instant {
+        self.now
+    }
+}
+
+#[tokio::test]
+async fn a_hand_off_after_the_timer_fired_is_passed_on_even_if_the_clock_lags() {
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let runtime = LaggingClock {
+        timers: ManualRuntime::new(&clock),
+        now: clock.now(),
+    };
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(1)
+        .wait_timeout(Duration::from_secs(30))
+        .validation(ValidationPolicy::Always)
+        .cleanup_interval(None)
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    let held = pool.get_connection().await.unwrap();
+    let waiter = spawn_get(&pool);
+    eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    // The waiter's timer fires, and the connection reaches it before it runs; the pool's
+    // clock still says no time has passed.
+    clock.advance(Duration::from_secs(31));
+    manager.counts.set_validate(Gate::Hang);
+    drop(held);
+    // Before, it validated the connection, and the check (which hangs) outlived the test's
+    // clock: bounded here in real time, so that the test fails rather than hangs.
+    let result = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the call returns at once");
+    assert_eq!(phase(result.unwrap()), TimeoutPhase::Waiting);
+    assert_eq!(manager.counts.validations(), 0, "checked with no time left");
+    let status = pool.status();
+    assert_eq!((status.size, status.idle), (1, 1), "{status:?}");
+}
