@@ -47,7 +47,7 @@ fn serve(socket: TcpStream, closed: &mpsc::Sender<()>) {
         let reply = match line.as_deref() {
             Err(_) => return,
             Ok("BYE") => {
-                let _ = writeln!(writer, "bye");
+                let _ = writer.write_all(b"bye\n");
                 let _ = writer.shutdown(std::net::Shutdown::Both);
                 let _ = closed.send(());
                 return;
@@ -55,7 +55,8 @@ fn serve(socket: TcpStream, closed: &mpsc::Sender<()>) {
             Ok("TWO") => "one\ntwo",
             Ok(other) => other,
         };
-        if writeln!(writer, "{reply}").is_err() {
+        // One write per reply; `writeln!` on a socket may split it into several.
+        if writer.write_all(format!("{reply}\n").as_bytes()).is_err() {
             return;
         }
     }
@@ -106,8 +107,8 @@ async fn bytes_left_unread_destroy_the_connection_on_return() {
     let mut conn = pool.get_connection().await.unwrap();
     // Two lines come back; the user reads one, so the other sits in the read buffer.
     assert_eq!(request(&mut conn, "TWO").await, "one\n");
-    // Read in with the first or not, `fill_buf` has it buffered now.
-    assert_eq!(conn.fill_buf().await.unwrap(), b"two\n");
+    // Read in with the first or not, `fill_buf` has (some of) it buffered now.
+    assert!(conn.fill_buf().await.unwrap().starts_with(b"t"));
     let first = conn.local_addr().unwrap();
     drop(conn);
     assert_eq!(pool.status().counters.destroyed.broken, 1);
