@@ -435,6 +435,12 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             }
             return Err(PoolError::Closed);
         }
+        if deadline_passed && candidate.is_none() && granted.is_none() {
+            // This call's timer fired, and what reached it as time ran out is used up (an
+            // expired connection whose slot could not be kept): do not take, dial or queue
+            // again by a clock that may say time is left.
+            return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
+        }
         if candidate.is_none() && granted.is_some() {
             // Granted a slot, yet a connection came back meanwhile and went idle (nobody was
             // counted as waiting any more): take it, and pass the slot on. It stands for what
