@@ -458,11 +458,11 @@ async fn a_late_hand_off_that_expired_meanwhile_is_not_replaced_with_no_time_lef
     assert_eq!((status.size, status.connecting), (0, 0), "{status:?}");
 }
 
-/// Timers that follow a [`ManualClock`] and a `now()` that stands still: a clock that lags its
-/// timers, as the `Runtime` contract allows.
+/// Timers that follow one [`ManualClock`] and `now()` another, moved apart by the test: a
+/// clock that lags its timers, as the `Runtime` contract allows.
 struct LaggingClock {
     timers: ManualRuntime,
-    now: std::time::Instant,
+    now: Arc<ManualClock>,
 }
 
 impl connection_pool::Runtime for LaggingClock {
@@ -475,7 +475,7 @@ impl connection_pool::Runtime for LaggingClock {
     }
 
     fn now(&self) -> std::time::Instant {
-        self.now
+        self.now.now()
     }
 }
 
@@ -485,7 +485,7 @@ async fn a_hand_off_after_the_timer_fired_is_passed_on_even_if_the_clock_lags() 
     let clock = ManualClock::new();
     let runtime = LaggingClock {
         timers: ManualRuntime::new(&clock),
-        now: clock.now(),
+        now: ManualClock::new(),
     };
     let pool = ConnectionPool::builder(manager.clone())
         .max_size(1)
@@ -512,4 +512,62 @@ async fn a_hand_off_after_the_timer_fired_is_passed_on_even_if_the_clock_lags() 
     assert_eq!(manager.counts.validations(), 0, "checked with no time left");
     let status = pool.status();
     assert_eq!((status.size, status.idle), (1, 1), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_late_hand_off_that_expired_with_no_permit_to_replace_it_ends_the_call() {
+    let manager = TestManager::new();
+    let (timer_clock, pool_clock) = (ManualClock::new(), ManualClock::new());
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(2)
+        .max_connecting(1)
+        .wait_timeout(Duration::from_secs(30))
+        .max_lifetime(Duration::from_secs(40))
+        .connection_timeout(None)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(LaggingClock {
+            timers: ManualRuntime::new(&timer_clock),
+            now: Arc::clone(&pool_clock),
+        })
+        .build()
+        .unwrap();
+    let held = pool.get_connection().await.unwrap();
+    // A creation that never ends holds the only connect permit and the second slot.
+    manager.counts.set_create(Gate::Hang);
+    let creating = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            pool.get_connection_timeout(Duration::MAX)
+                .await
+                .map(|c| c.id)
+        }
+    });
+    eventually("the creation is in flight", || {
+        pool.status().connecting == 1
+    })
+    .await;
+    pool_clock.advance(Duration::from_secs(35));
+    let waiter = spawn_get(&pool);
+    eventually("the waiter is parked", || pool.status().waiters == 1).await;
+    // The waiter's timer fires, the connection reaches it, and by the pool's clock (which
+    // lags the timer: 10 s of its 30 are left) the connection then outlives max_lifetime
+    // before the waiter runs. Its slot cannot become a creation: no permit is free.
+    timer_clock.advance(Duration::from_secs(31));
+    drop(held);
+    pool_clock.advance(Duration::from_secs(10));
+    // Before, it queued again for the 10 s the pool's clock said were left, on a timer that
+    // never fires here: bounded in real time, so that the test fails rather than hangs.
+    let result = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the call returns at once");
+    assert_eq!(phase(result.unwrap()), TimeoutPhase::Waiting);
+    let status = pool.status();
+    assert_eq!(status.counters.destroyed.max_lifetime, 1, "{status:?}");
+    assert_eq!(
+        (status.size, status.connecting, status.waiters),
+        (1, 1, 0),
+        "only the creation in flight"
+    );
+    creating.abort();
 }
