@@ -104,16 +104,7 @@ pub(crate) async fn run_bounded<F: Future>(
     limit: Option<Instant>,
     future: F,
 ) -> Result<F::Output, Elapsed> {
-    let (Some(runtime), Some(limit)) = (runtime, limit) else {
-        return Ok(future.await);
-    };
-    let remaining = limit.saturating_duration_since(runtime.now());
-    let timer = runtime.sleep(remaining);
-    futures_lite::future::or(async { Ok(future.await) }, async {
-        timer.await;
-        Err(Elapsed)
-    })
-    .await
+    bounded(runtime, limit, future, false).await
 }
 
 /// Like [`run_bounded`], but the timer is polled first: when the wake-up and the timer are
@@ -125,17 +116,28 @@ pub(crate) async fn wait_bounded<F: Future>(
     limit: Option<Instant>,
     wake_up: F,
 ) -> Result<F::Output, Elapsed> {
+    bounded(runtime, limit, wake_up, true).await
+}
+
+/// Races `future` against a timer for `limit`; `timer_first` says which is polled first.
+async fn bounded<F: Future>(
+    runtime: Option<&dyn Runtime>,
+    limit: Option<Instant>,
+    future: F,
+    timer_first: bool,
+) -> Result<F::Output, Elapsed> {
     let (Some(runtime), Some(limit)) = (runtime, limit) else {
-        return Ok(wake_up.await);
+        return Ok(future.await);
     };
-    let remaining = limit.saturating_duration_since(runtime.now());
-    let timer = runtime.sleep(remaining);
-    futures_lite::future::or(
-        async {
-            timer.await;
-            Err(Elapsed)
-        },
-        async { Ok(wake_up.await) },
-    )
-    .await
+    let timer = runtime.sleep(limit.saturating_duration_since(runtime.now()));
+    let work = async { Ok(future.await) };
+    let expiry = async {
+        timer.await;
+        Err(Elapsed)
+    };
+    if timer_first {
+        futures_lite::future::or(expiry, work).await
+    } else {
+        futures_lite::future::or(work, expiry).await
+    }
 }
