@@ -27,6 +27,7 @@ pub const MAX_POOL_SIZE: usize = 1 << 16;
 /// When `get_connection` runs [`ConnectionManager::is_valid`](crate::ConnectionManager::is_valid)
 /// on an idle connection before handing it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ValidationPolicy {
     /// Before every checkout of an idle connection: one round trip per `get`.
     Always,

@@ -4,6 +4,7 @@ use std::{error::Error, fmt};
 
 /// What a timed-out `get_connection` was doing when its time ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TimeoutPhase {
     /// Waiting for another task to return a connection or free a slot.
     Waiting,
@@ -28,6 +29,7 @@ impl fmt::Display for TimeoutPhase {
 ///
 /// `E` is the manager's [`ConnectionManager::Error`](crate::ConnectionManager::Error).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum PoolError<E> {
     /// A deadline passed before a connection was ready.
     Timeout {

@@ -6,6 +6,7 @@ use std::{error::Error, time::Duration};
 
 /// Why a `create_connection` call produced no connection.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum CreateFailure<'a> {
     /// It returned this error.
     Error(&'a (dyn Error + 'static)),

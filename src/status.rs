@@ -4,6 +4,7 @@ use crate::sync::{AtomicU64, Ordering};
 
 /// Why the pool closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DestroyReason {
     /// [`ConnectionManager::has_broken`](crate::ConnectionManager::has_broken) said so, or the
     /// holder called [`PooledConnection::mark_broken`](crate::PooledConnection::mark_broken).

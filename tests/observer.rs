@@ -36,6 +36,7 @@ impl PoolObserver for Recorder {
         match failure {
             CreateFailure::Error(e) => self.push(format!("create failed: {e}")),
             CreateFailure::TimedOut => self.push("create timed out".to_owned()),
+            other => self.push(format!("create failed somehow else: {other:?}")),
         }
     }
 
