@@ -84,7 +84,10 @@ impl<M: ConnectionManager> Builder<M> {
         self
     }
 
-    /// Idle connections the cleanup task keeps ready (default 0, at most `max_size`).
+    /// Idle connections the cleanup task keeps ready (default 0, at most `max_size`). It
+    /// creates the missing ones when it starts and at each tick, and sooner when a tick finds
+    /// every connect permit taken by callers' creations; while creations fail, at the next
+    /// tick whose backoff delay is over.
     pub fn min_idle(mut self, min_idle: usize) -> Self {
         self.config.min_idle = min_idle;
         self

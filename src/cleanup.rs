@@ -32,6 +32,21 @@ pub struct CleanupReport {
     pub lifetime_expired: usize,
 }
 
+/// Why a `min_idle` top-up stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TopUp {
+    /// `min_idle` is reached, the pool is full or closed, or creations are failing: nothing
+    /// to retry before the next tick.
+    Done,
+    /// Short of `min_idle` with room in the pool, but every connect permit was taken.
+    PermitsBusy,
+}
+
+/// The first wait before a top-up that found every connect permit taken tries again; it
+/// doubles on each further such try, up to the cleanup interval.
+#[cfg_attr(loom, allow(dead_code))]
+const TOP_UP_RETRY_MIN: Duration = Duration::from_millis(50);
+
 impl<M: ConnectionManager> Shared<M> {
     pub(crate) fn cleanup_pass(&self, now: Stamp) -> CleanupReport {
         let mut report = CleanupReport::default();
@@ -71,19 +86,27 @@ impl<M: ConnectionManager> Shared<M> {
     /// where no caller asked to wait for it.
     // Only the background loop calls it, and that loop does not exist under loom.
     #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) async fn top_up(&self, give_up_after: Duration) -> usize {
+    pub(crate) async fn top_up(&self, give_up_after: Duration) -> TopUp {
         let mut created = 0;
+        let mut end = TopUp::Done;
         while !self.is_closed() && self.idle.len() < self.config.min_idle {
             // The top-up obeys the connect governor like any caller, but never waits for it:
             // while creations fail it tries only once the delay is over.
             let max_connecting = match self.governor.is_failing() {
                 false => self.config.max_connecting,
                 true => match self.governor.admission(self.now()) {
+                    // A creation succeeded since the look at `is_failing`.
+                    Admission::Open => self.config.max_connecting,
                     Admission::Probe => 1,
-                    _ => break,
+                    Admission::Backoff(_) | Admission::Rejected(_) => break,
                 },
             };
             let Some(creating) = Creating::begin(self, max_connecting) else {
+                // Room in the pool but every connect permit taken (callers creating, or the
+                // top-up of a task this one replaced): they come free within a connect.
+                if self.size() < self.config.max_size {
+                    end = TopUp::PermitsBusy;
+                }
                 break;
             };
             let now = self.now();
@@ -107,7 +130,7 @@ impl<M: ConnectionManager> Shared<M> {
                 self.idle.len(),
             );
         }
-        created
+        end
     }
 
     /// Whether the loop numbered `generation` should keep running.
@@ -152,8 +175,12 @@ async fn run<M: ConnectionManager>(
     generation: u64,
     interval: Duration,
 ) {
+    // Time slept since the last pass: retries of a top-up that found every permit taken
+    // sleep less than an interval, and the pass still runs once per interval.
+    let mut since_pass = Duration::ZERO;
+    let mut retry = TOP_UP_RETRY_MIN;
     loop {
-        let (tick, stop) = {
+        let (tick, stop, slept) = {
             let Some(shared) = pool.upgrade() else { return };
             let mut stop = shared.background_stop.listen();
             if !shared.cleanup_current(generation) {
@@ -172,19 +199,35 @@ async fn run<M: ConnectionManager>(
             let top_up = std::pin::pin!(futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(
                 shared.top_up(give_up_after)
             )));
-            match crate::background::unless_stopped(top_up, &mut stop).await {
+            let end = match crate::background::unless_stopped(top_up, &mut stop).await {
                 None => continue,
-                Some(Ok(_)) => {}
-                Some(Err(_)) => shared.background_panicked("min_idle top-up"),
-            }
+                Some(Ok(end)) => end,
+                Some(Err(_)) => {
+                    shared.background_panicked("min_idle top-up");
+                    TopUp::Done
+                }
+            };
             let Some(runtime) = shared.runtime.as_deref() else {
                 return;
             };
-            (runtime.sleep(interval), stop)
+            // Never zero: `since_pass` is reset once it reaches the interval.
+            let mut slept = interval.saturating_sub(since_pass);
+            if end == TopUp::PermitsBusy {
+                slept = slept.min(retry);
+                retry = retry.saturating_mul(2).min(interval);
+            } else {
+                retry = TOP_UP_RETRY_MIN;
+            }
+            (runtime.sleep(slept), stop, slept)
         };
         if !sleep_while_wanted(&pool, tick, stop, |s| s.cleanup_current(generation)).await {
             return;
         }
+        since_pass += slept;
+        if since_pass < interval {
+            continue;
+        }
+        since_pass = Duration::ZERO;
         let Some(shared) = pool.upgrade() else { return };
         if !shared.cleanup_current(generation) {
             return;

@@ -96,7 +96,8 @@ pub struct Counters {
     pub timeouts: u64,
     /// `get_connection` calls failed at once with
     /// [`PoolError::Rejected`](crate::PoolError::Rejected) because a recent creation failed
-    /// with a permanent error.
+    /// with a permanent error. A call whose own creation failed that way also gets `Rejected`,
+    /// but is counted in `create_failures`, not here.
     pub rejected: u64,
     /// Checkouts held longer than `leak_detection_threshold` (each counted once).
     pub leaks: u64,

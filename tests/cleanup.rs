@@ -228,6 +228,45 @@ async fn stuck_top_up(
 }
 
 #[tokio::test]
+async fn a_top_up_that_finds_every_permit_taken_tries_again_soon_not_a_tick_later() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(5)
+        .max_connecting(1)
+        .min_idle(2)
+        .connection_timeout(None)
+        .wait_timeout(None)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(60 * SECOND)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    eventually("min_idle is reached", || pool.status().idle == 2).await;
+    let held = check_out(&pool, 2).await;
+    // A caller is creating, slowly, with the only connect permit when the tick comes.
+    manager.counts.set_create(Gate::Hang);
+    let caller_pool = pool.clone();
+    let caller = tokio::spawn(async move { drop(caller_pool.get_connection().await) });
+    eventually("the caller is creating", || pool.status().connecting == 1).await;
+    manager.counts.set_create(Gate::Ok);
+    clock.advance(60 * SECOND);
+    // The caller has no timer: the one sleeper is the cleanup task, asleep again after the
+    // tick's top-up found the permit taken.
+    eventually("the tick ran", || clock.sleepers() == 1).await;
+    assert_eq!((pool.status().idle, pool.status().size), (0, 3));
+    caller.abort();
+    eventually("the permit is free", || pool.status().connecting == 0).await;
+    // A second, not the 60 s interval: the top-up tries again soon after a busy permit.
+    clock.advance(SECOND);
+    eventually("min_idle is restored before the next tick", || {
+        pool.status().idle == 2
+    })
+    .await;
+    assert_eq!(pool.status().size, 4);
+    drop(held);
+}
+
+#[tokio::test]
 async fn closing_or_dropping_the_pool_ends_a_top_up_in_flight() {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
     let runtime = ManualRuntime::new(&clock);
