@@ -311,7 +311,10 @@ impl<M: ConnectionManager> Shared<M> {
         fence(Ordering::SeqCst);
         if self.governor.is_failing() {
             // While creations fail the governor decides who may try: wake the oldest to ask.
-            if self.capacity.can_create(self.config.max_connecting) {
+            // It allows one creation at a time, so while one is in flight a woken waiter could
+            // only queue again, behind those it was ahead of; that creation's end (success,
+            // failure or drop) wakes waiters itself.
+            if self.capacity.can_create(1) {
                 self.waitlist.wake_one();
             }
             return;

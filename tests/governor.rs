@@ -6,6 +6,7 @@ mod common;
 
 use common::{Gate, ManualClock, ManualRuntime, TestManager, advance_until, eventually};
 use connection_pool::{CREATE_BACKOFF_MAX, ConnectionPool, PoolError, ValidationPolicy};
+use futures_lite::future::{block_on, poll_once};
 use std::{
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -247,4 +248,56 @@ async fn slots_granted_before_creations_began_to_fail_obey_the_governor() {
     );
     let status = pool.status();
     assert_eq!((status.size, status.connecting), (0, 0), "{status:?}");
+}
+
+#[test]
+fn while_a_probe_is_in_flight_a_freed_slot_does_not_send_the_oldest_waiter_to_the_back() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(3)
+        .max_connecting(2)
+        .validation(ValidationPolicy::Never)
+        .no_runtime()
+        .build()
+        .unwrap();
+    let a = block_on(pool.get_connection()).unwrap();
+    let mut b = block_on(pool.get_connection()).unwrap();
+    // A creation fails: one creation at a time from now on.
+    manager.counts.set_create(Gate::Fail);
+    assert!(matches!(
+        block_on(pool.get_connection()),
+        Err(PoolError::Backend(_))
+    ));
+    // The next call probes, and hangs: the pool is full, one creation in flight.
+    manager.counts.set_create(Gate::Hang);
+    let mut probe = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(probe.as_mut())).is_none());
+    assert_eq!(pool.status().connecting, 1);
+    let mut first = Box::pin(pool.get_connection());
+    let mut second = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(first.as_mut())).is_none());
+    assert!(block_on(poll_once(second.as_mut())).is_none());
+    assert_eq!(pool.status().waiters, 2);
+    // A slot comes free, but no second creation may start beside the probe.
+    b.mark_broken();
+    drop(b);
+    assert!(block_on(poll_once(first.as_mut())).is_none());
+    assert_eq!(pool.status().waiters, 2);
+    // A healthy connection comes back: it is the oldest waiter's.
+    drop(a);
+    let first_got = block_on(poll_once(first.as_mut()));
+    assert!(
+        matches!(first_got, Some(Ok(_))),
+        "the oldest waiter is served first"
+    );
+    assert!(block_on(poll_once(second.as_mut())).is_none());
+    assert_eq!(pool.status().waiters, 1);
+    // The probe's end still reaches the one left waiting: here it is cancelled.
+    drop(probe);
+    manager.counts.set_create(Gate::Ok);
+    assert!(
+        matches!(block_on(poll_once(second.as_mut())), Some(Ok(_))),
+        "the second waiter probes with the freed permit"
+    );
+    drop(first_got);
 }
