@@ -85,9 +85,10 @@ impl<M: ConnectionManager> Builder<M> {
     }
 
     /// Idle connections the cleanup task keeps ready (default 0, at most `max_size`). It
-    /// creates the missing ones when it starts and at each tick, and sooner when a tick finds
-    /// every connect permit taken by callers' creations; while creations fail, at the next
-    /// tick whose backoff delay is over.
+    /// creates the missing ones when it starts and at each tick, and tries again sooner (after
+    /// 50 ms, doubling) when every connect permit was taken by other creations. It obeys the
+    /// connect governor like any caller, but never waits for it: while creations fail it tries
+    /// only once the backoff delay is over.
     pub fn min_idle(mut self, min_idle: usize) -> Self {
         self.config.min_idle = min_idle;
         self

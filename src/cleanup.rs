@@ -175,12 +175,14 @@ async fn run<M: ConnectionManager>(
     generation: u64,
     interval: Duration,
 ) {
-    // Time slept since the last pass: retries of a top-up that found every permit taken
-    // sleep less than an interval, and the pass still runs once per interval.
-    let mut since_pass = Duration::ZERO;
-    let mut retry = TOP_UP_RETRY_MIN;
+    let mut schedule = {
+        let Some(shared) = pool.upgrade() else { return };
+        // A clock that panics here panics in each top-up too, which then sleeps whole ticks.
+        let now = std::panic::catch_unwind(AssertUnwindSafe(|| shared.now()));
+        Schedule::new(interval, now.unwrap_or_else(|_| Instant::now()))
+    };
     loop {
-        let (tick, stop, slept) = {
+        let (tick, stop, wait) = {
             let Some(shared) = pool.upgrade() else { return };
             let mut stop = shared.background_stop.listen();
             if !shared.cleanup_current(generation) {
@@ -197,37 +199,32 @@ async fn run<M: ConnectionManager>(
             // must not end the task for good: min_idle would never be restored nor idle
             // connections expire again. The creation's guard has given its slot back.
             let top_up = std::pin::pin!(futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(
-                shared.top_up(give_up_after)
+                async {
+                    let end = shared.top_up(give_up_after).await;
+                    (end, shared.now())
+                }
             )));
-            let end = match crate::background::unless_stopped(top_up, &mut stop).await {
+            let wait = match crate::background::unless_stopped(top_up, &mut stop).await {
                 None => continue,
-                Some(Ok(end)) => end,
+                Some(Ok((end, now))) => schedule.after_top_up(end, now),
                 Some(Err(_)) => {
                     shared.background_panicked("min_idle top-up");
-                    TopUp::Done
+                    schedule.after_top_up(TopUp::Done, schedule.last_pass)
                 }
             };
             let Some(runtime) = shared.runtime.as_deref() else {
                 return;
             };
-            // Never zero: `since_pass` is reset once it reaches the interval.
-            let mut slept = interval.saturating_sub(since_pass);
-            if end == TopUp::PermitsBusy {
-                slept = slept.min(retry);
-                retry = retry.saturating_mul(2).min(interval);
-            } else {
-                retry = TOP_UP_RETRY_MIN;
-            }
-            (runtime.sleep(slept), stop, slept)
+            ((!wait.is_zero()).then(|| runtime.sleep(wait)), stop, wait)
         };
-        if !sleep_while_wanted(&pool, tick, stop, |s| s.cleanup_current(generation)).await {
-            return;
+        if let Some(tick) = tick {
+            if !sleep_while_wanted(&pool, tick, stop, |s| s.cleanup_current(generation)).await {
+                return;
+            }
+            if !schedule.slept(wait) {
+                continue;
+            }
         }
-        since_pass += slept;
-        if since_pass < interval {
-            continue;
-        }
-        since_pass = Duration::ZERO;
         let Some(shared) = pool.upgrade() else { return };
         if !shared.cleanup_current(generation) {
             return;
@@ -238,6 +235,68 @@ async fn run<M: ConnectionManager>(
         }));
         if pass.is_err() {
             shared.background_panicked("cleanup pass");
+        }
+        // Apart from the pass: an observer that panics in every pass must still move the
+        // schedule on, or each retry would find the pass overdue and run it again at once.
+        schedule.passed(std::panic::catch_unwind(AssertUnwindSafe(|| shared.now())).ok());
+    }
+}
+
+/// When the cleanup loop runs its pass and its `min_idle` top-ups: a pass once per interval,
+/// a top-up after each pass, and between passes quick retries of a top-up that found every
+/// connect permit taken.
+// Only the background loop uses it, and that loop does not exist under loom.
+#[cfg_attr(loom, allow(dead_code))]
+struct Schedule {
+    interval: Duration,
+    /// Slept since the last pass, by the runtime's timers; below `interval` between passes.
+    slept: Duration,
+    /// When the last pass ran (or the loop began), by the runtime's clock: a retry's top-up
+    /// can itself take a while (creations before the permits ran out), which `slept` misses.
+    last_pass: Instant,
+    /// The wait before the next retry of a top-up short of permits.
+    retry: Duration,
+}
+
+#[cfg_attr(loom, allow(dead_code))]
+impl Schedule {
+    fn new(interval: Duration, now: Instant) -> Self {
+        Self {
+            interval,
+            slept: Duration::ZERO,
+            last_pass: now,
+            retry: TOP_UP_RETRY_MIN,
+        }
+    }
+
+    /// How long to sleep after a top-up that ended with `end` at `now`; zero: run the pass
+    /// now. After a finished top-up it never is zero, so that one given up on a hanging
+    /// creation does not start the next at once.
+    fn after_top_up(&mut self, end: TopUp, now: Instant) -> Duration {
+        let left = self.interval.saturating_sub(self.slept);
+        if end == TopUp::Done {
+            self.retry = TOP_UP_RETRY_MIN;
+            return left;
+        }
+        if now.saturating_duration_since(self.last_pass) >= self.interval {
+            return Duration::ZERO;
+        }
+        let wait = left.min(self.retry);
+        self.retry = self.retry.saturating_mul(2).min(self.interval);
+        wait
+    }
+
+    /// Records a completed sleep of `wait`; whether the pass is due.
+    fn slept(&mut self, wait: Duration) -> bool {
+        self.slept = self.slept.saturating_add(wait);
+        self.slept >= self.interval
+    }
+
+    /// Records a pass, at `now` if the clock could be read.
+    fn passed(&mut self, now: Option<Instant>) {
+        self.slept = Duration::ZERO;
+        if let Some(now) = now {
+            self.last_pass = now;
         }
     }
 }
@@ -298,5 +357,82 @@ impl<M: ConnectionManager> ConnectionPool<M> {
             self.shared.config.name
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(30);
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_finished_top_up_sleeps_the_rest_of_the_interval_then_the_pass_is_due() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(INTERVAL, start);
+        assert_eq!(schedule.after_top_up(TopUp::Done, start), INTERVAL);
+        assert!(schedule.slept(INTERVAL));
+        schedule.passed(Some(start + INTERVAL));
+        // Even when the top-up itself took longer than a tick: it never starts the next at once.
+        let late = start + 3 * INTERVAL;
+        assert_eq!(schedule.after_top_up(TopUp::Done, late), INTERVAL);
+    }
+
+    #[test]
+    fn retries_short_of_permits_double_and_the_pass_still_comes_once_per_interval() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(INTERVAL, start);
+        let mut now = start;
+        let mut waits = Vec::new();
+        loop {
+            let wait = schedule.after_top_up(TopUp::PermitsBusy, now);
+            assert!(!wait.is_zero());
+            waits.push(wait);
+            now += wait;
+            if schedule.slept(wait) {
+                break;
+            }
+        }
+        assert_eq!(&waits[..4], [50 * MS, 100 * MS, 200 * MS, 400 * MS]);
+        assert_eq!(
+            waits.iter().sum::<Duration>(),
+            INTERVAL,
+            "the pass is due after one interval"
+        );
+        schedule.passed(Some(now));
+        // After a finished top-up the retries start again from the shortest wait.
+        let rest = schedule.after_top_up(TopUp::Done, now);
+        assert_eq!(rest, INTERVAL);
+        assert!(!schedule.slept(INTERVAL / 3));
+        assert_eq!(schedule.after_top_up(TopUp::PermitsBusy, now), 50 * MS);
+    }
+
+    #[test]
+    fn a_retry_whose_top_up_ran_past_the_interval_runs_the_pass_at_once() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(INTERVAL, start);
+        assert_eq!(schedule.after_top_up(TopUp::PermitsBusy, start), 50 * MS);
+        assert!(!schedule.slept(50 * MS));
+        // The next top-up created connections for most of a tick before the permits ran out.
+        let now = start + INTERVAL + MS;
+        assert_eq!(
+            schedule.after_top_up(TopUp::PermitsBusy, now),
+            Duration::ZERO
+        );
+        schedule.passed(Some(now));
+        assert_eq!(schedule.after_top_up(TopUp::PermitsBusy, now), 100 * MS);
+    }
+
+    #[test]
+    fn a_finished_top_up_after_retries_sleeps_only_what_is_left_of_the_interval() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(INTERVAL, start);
+        let wait = schedule.after_top_up(TopUp::PermitsBusy, start);
+        assert!(!schedule.slept(wait));
+        assert_eq!(
+            schedule.after_top_up(TopUp::Done, start + wait),
+            INTERVAL - wait
+        );
     }
 }

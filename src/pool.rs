@@ -35,9 +35,11 @@
 //! When a slot or permit comes free and a creation could begin now (a slot *and* a permit
 //! free; both live in one atomic word, so whoever frees the second sees both), both are
 //! reserved and granted to the oldest waiter, which creates with them (while creations fail,
-//! that waiter is only woken to ask the governor). A getter that destroys the connection it
-//! holds (expired, failed validation) keeps its slot and creates with it, if a permit is free,
-//! rather than grant it to the next in line and queue behind. A creation failure and the first
+//! that waiter is only woken to ask the governor, and only when no creation is in flight:
+//! the governor then allows one at a time, and that creation's end wakes waiters itself). A
+//! getter that destroys the connection it holds (expired, failed validation) keeps its slot
+//! and creates with it, if a permit is free, rather than grant it to the next in line and
+//! queue behind. A creation failure and the first
 //! success after failures wake every waiter, so that each recomputes what the connect governor
 //! allows.
 //!
@@ -301,7 +303,7 @@ impl<M: ConnectionManager> Shared<M> {
 
     /// When a slot and a permit are free, reserves them and grants them to the oldest waiter,
     /// which creates a connection with them (while creations fail, it wakes that waiter to ask
-    /// the governor instead). Whoever frees the second of the two sees both free (they share
+    /// the governor instead, if no creation is in flight). Whoever frees the second of the two sees both free (they share
     /// one atomic word), so the grant is not lost; reserving them first keeps a caller that
     /// comes along before the waiter runs from taking them and sending it to the back.
     pub(crate) fn wake_creator(&self) {

@@ -15,7 +15,7 @@
 //!   the swap), which now owns them and creates a connection with them: a caller that comes
 //!   along before the waiter runs cannot take them;
 //! * `WOKEN`: the pool closed, or the connect governor changed its mind (or, while creations
-//!   fail, a slot or permit came free), or a sweep of abandoned places emptied the list: the
+//!   fail, a slot or permit came free with no creation in flight), or a sweep of abandoned places emptied the list: the
 //!   waiter re-checks everything and may queue again;
 //! * `ABANDONED`: the waiter gave up (timeout, cancellation, or it found what it needed on
 //!   its own); whoever pops the slot later skips it.

@@ -791,3 +791,73 @@ fn m14_a_connection_that_fails_validation_keeps_its_slot() {
         assert_eq!(counts.live(), 0);
     });
 }
+
+/// 15. A slot comes free beside a probe in flight. No runtime, `max_size` 2, `max_connecting`
+///     2: one connection held, a create failed (so the governor allows one creation at a
+///     time), and the held connection is destroyed while two getters run: one probes (a create
+///     that yields once), the other parks behind it or probes itself. While the probe is in
+///     flight the freed slot wakes nobody (`Shared::wake_creator` wakes only a waiter that
+///     could create, so that it does not queue again at the back); the probe's end must still
+///     reach the parked getter: its success, or its cancellation (`cancelled`: the first
+///     getter is polled once and dropped mid-create). Every getter that stays is served (a
+///     stranded one is a loom deadlock), never more than one creation at a time, and the
+///     slots end equal to the live connections.
+fn slot_freed_beside_a_probe(name: &str, cancelled: bool) {
+    check(name, move || {
+        let pool = pool_connecting(
+            2,
+            2,
+            ModelManager::new(&[Create::Ok, Create::Fail, Create::PendOnce, Create::PendOnce]),
+        );
+        let counts = pool.manager().counts.clone();
+        let mut held = get(&pool).unwrap();
+        assert!(matches!(get(&pool), Err(PoolError::Backend(_))));
+        held.mark_broken();
+
+        // Keeps what it got until the end, so that it cannot rescue the other getter.
+        let first = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                if cancelled {
+                    let _ = poll_once_then_drop(pool.get_connection());
+                    None
+                } else {
+                    Some(get_owned(&pool).expect("the first getter is served"))
+                }
+            })
+        };
+        let second = {
+            let pool = pool.clone();
+            thread::spawn(move || get_owned(&pool).expect("the second getter is served"))
+        };
+        drop(held);
+        let kept = (first.join().unwrap(), second.join().unwrap());
+
+        assert_eq!(
+            counts.peak_creating(),
+            1,
+            "one creation at a time while failing"
+        );
+        assert!(
+            counts.peak() <= 2,
+            "never more than max_size live connections"
+        );
+        let status = pool.status();
+        assert_eq!(status.size, counts.live(), "pool and manager agree");
+        assert_eq!(status.connecting, 0);
+        assert_eq!(status.waiters, 0);
+        drop(kept);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+#[test]
+fn m15a_a_slot_freed_beside_a_probe_waits_for_the_probe_to_end() {
+    slot_freed_beside_a_probe("m15a slot freed beside a probe", false);
+}
+
+#[test]
+fn m15b_a_slot_freed_beside_a_cancelled_probe_wakes_the_next_getter() {
+    slot_freed_beside_a_probe("m15b slot freed beside a cancelled probe", true);
+}
