@@ -217,13 +217,18 @@ async fn run<M: ConnectionManager>(
             };
             ((!wait.is_zero()).then(|| runtime.sleep(wait)), stop, wait)
         };
-        if let Some(tick) = tick {
-            if !sleep_while_wanted(&pool, tick, stop, |s| s.cleanup_current(generation)).await {
-                return;
+        match tick {
+            Some(tick) => {
+                if !sleep_while_wanted(&pool, tick, stop, |s| s.cleanup_current(generation)).await {
+                    return;
+                }
+                if !schedule.slept(wait) {
+                    continue;
+                }
             }
-            if !schedule.slept(wait) {
-                continue;
-            }
+            // The pass is overdue: run it now, but let the executor run other tasks first (a
+            // top-up short of permits can finish without ever waiting).
+            None => futures_lite::future::yield_now().await,
         }
         let Some(shared) = pool.upgrade() else { return };
         if !shared.cleanup_current(generation) {
@@ -254,6 +259,10 @@ struct Schedule {
     /// When the last pass ran (or the loop began), by the runtime's clock: a retry's top-up
     /// can itself take a while (creations before the permits ran out), which `slept` misses.
     last_pass: Instant,
+    /// The runtime's clock at the end of the last top-up: stands in for a reading after a
+    /// pass that could not be taken (a panicking clock), so that the pass is not found
+    /// overdue again and again.
+    last_seen: Instant,
     /// The wait before the next retry of a top-up short of permits.
     retry: Duration,
 }
@@ -265,6 +274,7 @@ impl Schedule {
             interval,
             slept: Duration::ZERO,
             last_pass: now,
+            last_seen: now,
             retry: TOP_UP_RETRY_MIN,
         }
     }
@@ -278,11 +288,15 @@ impl Schedule {
             self.retry = TOP_UP_RETRY_MIN;
             return left;
         }
-        if now.saturating_duration_since(self.last_pass) >= self.interval {
-            return Duration::ZERO;
+        self.last_seen = now;
+        // The pass is due by whichever comes first: the timers' count, or the clock.
+        let due_by_clock = self
+            .interval
+            .saturating_sub(now.saturating_duration_since(self.last_pass));
+        let wait = left.min(due_by_clock).min(self.retry);
+        if !wait.is_zero() {
+            self.retry = self.retry.saturating_mul(2).min(self.interval);
         }
-        let wait = left.min(self.retry);
-        self.retry = self.retry.saturating_mul(2).min(self.interval);
         wait
     }
 
@@ -295,9 +309,7 @@ impl Schedule {
     /// Records a pass, at `now` if the clock could be read.
     fn passed(&mut self, now: Option<Instant>) {
         self.slept = Duration::ZERO;
-        if let Some(now) = now {
-            self.last_pass = now;
-        }
+        self.last_pass = now.unwrap_or(self.last_seen);
     }
 }
 
@@ -422,6 +434,36 @@ mod tests {
         );
         schedule.passed(Some(now));
         assert_eq!(schedule.after_top_up(TopUp::PermitsBusy, now), 100 * MS);
+    }
+
+    #[test]
+    fn a_retry_sleeps_no_longer_than_until_the_pass_is_due_by_the_clock() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(INTERVAL, start);
+        let mut now = start;
+        // Nine retries: 25.55 s slept, and the next retry would wait 25.6 s.
+        for _ in 0..9 {
+            let wait = schedule.after_top_up(TopUp::PermitsBusy, now);
+            now += wait;
+            assert!(!schedule.slept(wait));
+        }
+        assert_eq!(now - start, 25_550 * MS);
+        // The tenth top-up created connections for 4 s before the permits ran out again.
+        now += 4 * 1000 * MS;
+        assert_eq!(schedule.after_top_up(TopUp::PermitsBusy, now), 450 * MS);
+    }
+
+    #[test]
+    fn a_pass_whose_clock_reading_failed_is_not_found_overdue_again_at_once() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(INTERVAL, start);
+        let now = start + INTERVAL + MS;
+        assert_eq!(
+            schedule.after_top_up(TopUp::PermitsBusy, now),
+            Duration::ZERO
+        );
+        schedule.passed(None);
+        assert_eq!(schedule.after_top_up(TopUp::PermitsBusy, now), 50 * MS);
     }
 
     #[test]

@@ -266,6 +266,46 @@ async fn a_top_up_that_finds_every_permit_taken_tries_again_soon_not_a_tick_late
     drop(held);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_retries_find_every_permit_taken_the_pass_still_comes_by_the_clock() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(5)
+        .max_connecting(1)
+        .min_idle(2)
+        .max_lifetime(40 * SECOND)
+        .connection_timeout(None)
+        .wait_timeout(None)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(30 * SECOND)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    eventually("min_idle is reached", || pool.status().idle == 2).await;
+    let mut held = check_out(&pool, 2).await;
+    // A caller holds the only connect permit in a creation that never ends.
+    manager.counts.set_create(Gate::Hang);
+    let caller_pool = pool.clone();
+    let caller = tokio::spawn(async move { drop(caller_pool.get_connection().await) });
+    eventually("the caller is creating", || pool.status().connecting == 1).await;
+    drop(held.pop());
+    assert_eq!(pool.status().idle, 1);
+    // First tick: the pass finds nothing to expire, the top-up finds no permit and retries.
+    clock.advance(30 * SECOND);
+    eventually("the tick ran", || clock.sleepers() == 1).await;
+    assert_eq!(pool.status().counters.destroyed.max_lifetime, 0);
+    // The clock jumps past the next tick while a short retry sleeps: by the clock the pass is
+    // due, and the idle connection has outlived its lifetime.
+    clock.advance(31 * SECOND);
+    eventually("the overdue pass expired the idle connection", || {
+        pool.status().counters.destroyed.max_lifetime == 1
+    })
+    .await;
+    eventually("the task sleeps again", || clock.sleepers() == 1).await;
+    caller.abort();
+    drop(held);
+}
+
 #[tokio::test]
 async fn closing_or_dropping_the_pool_ends_a_top_up_in_flight() {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
