@@ -102,9 +102,11 @@ impl<M: ConnectionManager> Shared<M> {
                 },
             };
             let Some(creating) = Creating::begin(self, max_connecting) else {
-                // Room in the pool but every connect permit taken (callers creating, or the
-                // top-up of a task this one replaced): they come free within a connect.
-                if self.size() < self.config.max_size {
+                // Every connect permit taken (callers creating, or the top-up of a task this
+                // one replaced), or the last slots held by creations: they come free within a
+                // connect, and a failed or cancelled one leaves room. Only a pool full of
+                // connections waits for the next tick.
+                if self.size() < self.config.max_size || self.capacity.connecting() > 0 {
                     end = TopUp::PermitsBusy;
                 }
                 break;
@@ -209,7 +211,7 @@ async fn run<M: ConnectionManager>(
                 Some(Ok((end, now))) => schedule.after_top_up(end, now),
                 Some(Err(_)) => {
                     shared.background_panicked("min_idle top-up");
-                    schedule.after_top_up(TopUp::Done, schedule.last_pass)
+                    schedule.after_top_up(TopUp::Done, schedule.last_seen)
                 }
             };
             let Some(runtime) = shared.runtime.as_deref() else {
@@ -283,20 +285,23 @@ impl Schedule {
     /// now. After a finished top-up it never is zero, so that one given up on a hanging
     /// creation does not start the next at once.
     fn after_top_up(&mut self, end: TopUp, now: Instant) -> Duration {
+        self.last_seen = now;
         let left = self.interval.saturating_sub(self.slept);
         if end == TopUp::Done {
             self.retry = TOP_UP_RETRY_MIN;
             return left;
         }
-        self.last_seen = now;
-        // The pass is due by whichever comes first: the timers' count, or the clock.
+        // The pass is due by whichever comes first: the timers' count, or the clock. A clock
+        // that stands still just short of it must not shrink every retry to a sliver, so a
+        // retry waits at least the shortest retry unless the clock says the pass is due.
         let due_by_clock = self
             .interval
             .saturating_sub(now.saturating_duration_since(self.last_pass));
-        let wait = left.min(due_by_clock).min(self.retry);
-        if !wait.is_zero() {
-            self.retry = self.retry.saturating_mul(2).min(self.interval);
+        if due_by_clock.is_zero() {
+            return Duration::ZERO;
         }
+        let wait = left.min(self.retry).min(due_by_clock.max(TOP_UP_RETRY_MIN));
+        self.retry = self.retry.saturating_mul(2).min(self.interval);
         wait
     }
 
@@ -306,10 +311,15 @@ impl Schedule {
         self.slept >= self.interval
     }
 
-    /// Records a pass, at `now` if the clock could be read.
+    /// Records a pass, at `now` if the clock could be read (else at the later of the last
+    /// reading and the timers' count since the last pass).
     fn passed(&mut self, now: Option<Instant>) {
+        let by_timers = self
+            .last_pass
+            .checked_add(self.slept)
+            .unwrap_or(self.last_seen);
+        self.last_pass = now.unwrap_or(by_timers.max(self.last_seen));
         self.slept = Duration::ZERO;
-        self.last_pass = now.unwrap_or(self.last_seen);
     }
 }
 
@@ -464,6 +474,35 @@ mod tests {
         );
         schedule.passed(None);
         assert_eq!(schedule.after_top_up(TopUp::PermitsBusy, now), 50 * MS);
+    }
+
+    #[test]
+    fn a_failed_clock_reading_after_a_tick_does_not_make_the_next_retry_pass_again() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(INTERVAL, start);
+        assert_eq!(schedule.after_top_up(TopUp::Done, start), INTERVAL);
+        assert!(schedule.slept(INTERVAL));
+        schedule.passed(None);
+        let now = start + INTERVAL + MS;
+        assert_eq!(schedule.after_top_up(TopUp::PermitsBusy, now), 50 * MS);
+    }
+
+    #[test]
+    fn a_clock_standing_still_short_of_the_pass_does_not_shrink_the_retries() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(INTERVAL, start);
+        let frozen = start + INTERVAL - Duration::from_micros(100);
+        let mut retries = 0;
+        loop {
+            let wait = schedule.after_top_up(TopUp::PermitsBusy, frozen);
+            assert!(wait >= 50 * MS, "retry {retries} waits {wait:?}");
+            retries += 1;
+            if schedule.slept(wait) {
+                break;
+            }
+        }
+        // By the timers' count: one interval of retries of at least 50 ms each.
+        assert!(retries <= 600, "the pass came after {retries} retries");
     }
 
     #[test]

@@ -6,8 +6,16 @@ mod common;
 use common::{
     Gate, ManualClock, ManualRuntime, RealRuntime, TestManager, advance_until, eventually, running,
 };
-use connection_pool::{Builder, ConnectionPool, PooledConnection, ValidationPolicy};
-use std::{sync::Arc, time::Duration};
+use connection_pool::{
+    BoxFuture, Builder, ConnectionPool, PooledConnection, Runtime, ValidationPolicy,
+};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -266,6 +274,41 @@ async fn a_top_up_that_finds_every_permit_taken_tries_again_soon_not_a_tick_late
     drop(held);
 }
 
+#[tokio::test]
+async fn a_pool_full_only_through_a_creation_in_flight_is_topped_up_once_that_fails() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(3)
+        .max_connecting(1)
+        .min_idle(1)
+        .connection_timeout(None)
+        .wait_timeout(None)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(60 * SECOND)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    eventually("min_idle is reached", || pool.status().idle == 1).await;
+    let held = check_out(&pool, 2).await;
+    // The last slot and the only permit: a caller's creation, which will be cancelled.
+    manager.counts.set_create(Gate::Hang);
+    let caller_pool = pool.clone();
+    let caller = tokio::spawn(async move { drop(caller_pool.get_connection().await) });
+    eventually("the caller is creating", || pool.status().connecting == 1).await;
+    assert_eq!(pool.status().size, 3);
+    manager.counts.set_create(Gate::Ok);
+    clock.advance(60 * SECOND);
+    eventually("the tick ran", || clock.sleepers() == 1).await;
+    caller.abort();
+    eventually("the caller's slot is free", || pool.status().size == 2).await;
+    clock.advance(SECOND);
+    eventually("min_idle is restored before the next tick", || {
+        pool.status().idle == 1
+    })
+    .await;
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_retries_find_every_permit_taken_the_pass_still_comes_by_the_clock() {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
@@ -442,4 +485,81 @@ async fn an_observer_panic_in_a_cleanup_pass_does_not_end_the_cleanup_task() {
     assert_eq!(pool.status().counters.destroyed.idle_timeout, 2);
     assert_eq!(manager.counts.live(), 0);
     assert_eq!(running(&spawned), 1);
+}
+
+/// A [`ManualRuntime`] whose `now` panics on every other reading once armed; the coarse clock
+/// (idle times, lifetimes) stays sound, as tokio's and smol's read the system's.
+struct FlakyClock {
+    inner: ManualRuntime,
+    armed: Arc<AtomicBool>,
+    readings: Arc<AtomicUsize>,
+}
+
+impl Runtime for FlakyClock {
+    fn spawn(&self, task: BoxFuture<()>) {
+        self.inner.spawn(task);
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        self.inner.sleep(duration)
+    }
+
+    fn now(&self) -> Instant {
+        let reading = self.readings.fetch_add(1, Ordering::SeqCst);
+        if self.armed.load(Ordering::SeqCst) && reading % 2 == 0 {
+            panic!("the test's clock fails on purpose");
+        }
+        self.inner.clock.now()
+    }
+
+    fn coarse_now(&self) -> Instant {
+        self.inner.clock.now()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_fails_now_and_then_does_not_make_the_cleanup_task_spin() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let (armed, readings) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let runtime = FlakyClock {
+        inner: ManualRuntime::new(&clock),
+        armed: Arc::clone(&armed),
+        readings: Arc::clone(&readings),
+    };
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(5)
+        .max_connecting(1)
+        .min_idle(1)
+        .connection_timeout(None)
+        .wait_timeout(None)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(30 * SECOND)
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    eventually("min_idle is reached", || pool.status().idle == 1).await;
+    let held = pool.get_connection().await.unwrap();
+    // A caller holds the only connect permit, so each top-up ends at once, short of permits.
+    manager.counts.set_create(Gate::Hang);
+    let caller_pool = pool.clone();
+    let caller = tokio::spawn(async move { drop(caller_pool.get_connection().await) });
+    eventually("the caller is creating", || pool.status().connecting == 1).await;
+    clock.advance(30 * SECOND);
+    eventually("the task retries", || clock.sleepers() == 1).await;
+    armed.store(true, Ordering::SeqCst);
+    // Past the next tick: the pass is overdue by the clock, and some readings fail.
+    clock.advance(31 * SECOND);
+    let before = readings.load(Ordering::SeqCst);
+    common::async_io_sleep(Duration::from_millis(300)).await;
+    let read = readings.load(Ordering::SeqCst) - before;
+    assert!(
+        read < 100,
+        "the cleanup task read the clock {read} times in 300 ms"
+    );
+    armed.store(false, Ordering::SeqCst);
+    caller.abort();
+    drop(held);
 }
