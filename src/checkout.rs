@@ -685,6 +685,10 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             _ => {}
         }
         if expired && pending.is_none() {
+            // Closed as the time ran out: the caller should stop asking, not retry.
+            if shared.is_closed() {
+                return Err(PoolError::Closed);
+            }
             return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
         }
     }

@@ -167,3 +167,31 @@ async fn a_check_in_progress_at_close_finishes_and_its_connection_goes_when_the_
     assert_eq!((status.size, manager.counts.live()), (0, 0), "{status:?}");
     assert_eq!(status.counters.destroyed.closed, 1);
 }
+
+#[tokio::test]
+async fn a_waiter_whose_deadline_passes_as_the_pool_closes_gets_closed_not_a_timeout() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(1)
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    let held = pool.get_connection().await.unwrap();
+    let mut waiter = Box::pin(pool.get_connection_timeout(Duration::from_secs(1)));
+    assert!(
+        futures_lite::future::poll_once(waiter.as_mut())
+            .await
+            .is_none()
+    );
+    assert_eq!(pool.status().waiters, 1);
+    // Both before the waiter runs again: its timer fires, and the pool closes.
+    clock.advance(Duration::from_secs(2));
+    pool.close();
+    let outcome = waiter.await;
+    assert!(
+        matches!(outcome, Err(PoolError::Closed)),
+        "a closed pool says so: {outcome:?}"
+    );
+    drop(held);
+}
