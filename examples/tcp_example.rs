@@ -44,12 +44,17 @@ async fn start_echo_server() -> io::Result<SocketAddr> {
 /// One line-oriented connection to the server.
 struct LineConnection {
     reader: BufReader<TcpStream>,
-    /// Set when a read or write failed: the connection must not go back to the pool.
+    /// Set while a request is in flight and left set when it fails: a connection whose request
+    /// was cancelled half-way (a timeout, a dropped task) may still have its reply on the way,
+    /// and an error leaves the stream in an unknown state, so it must not go back to the pool.
     failed: bool,
 }
 
 impl LineConnection {
     async fn request(&mut self, line: &str) -> io::Result<String> {
+        // Cleared only once the whole reply is read, unless an earlier request failed (see the
+        // crate docs, "Errors and cancellation").
+        let failed_before = std::mem::replace(&mut self.failed, true);
         let result = async {
             self.reader
                 .get_mut()
@@ -65,7 +70,7 @@ impl LineConnection {
             Ok(reply.trim_end().to_owned())
         }
         .await;
-        self.failed |= result.is_err();
+        self.failed = failed_before || result.is_err();
         result
     }
 }

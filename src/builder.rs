@@ -94,7 +94,8 @@ impl<M: ConnectionManager> Builder<M> {
         self
     }
 
-    /// How long a connection may sit idle before the cleanup task closes it (default 5 min).
+    /// How long a connection may sit idle before it is closed, by the cleanup task or at its
+    /// next checkout, as long as more than `min_idle` are idle (default 5 min).
     pub fn max_idle_time(mut self, max_idle_time: impl Into<Option<Duration>>) -> Self {
         self.config.max_idle_time = max_idle_time.into();
         self
@@ -173,7 +174,11 @@ impl<M: ConnectionManager> Builder<M> {
     }
 
     /// Turns off every setting that needs a runtime (the three timeouts, the cleanup task and
-    /// leak detection), for pools used without one. Settings made after it still count.
+    /// leak detection), for pools used without one, and drops a runtime passed before it.
+    /// Settings made after it still count: a timeout set afterwards makes `build` ask for a
+    /// runtime, and a [`runtime`](Self::runtime) passed afterwards is used (its clock, its
+    /// spawning), but the timeouts and the cleanup task stay off unless set again. For a pool
+    /// with a runtime and its defaults, do not call this.
     ///
     /// Without a runtime nothing could wake a caller when a retry delay ends, so after a
     /// transient creation failure the pool does not back off: it only lets one creation run at

@@ -72,7 +72,8 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     }
 
     /// Like [`get_connection`](Self::get_connection), but the guard does not borrow this
-    /// handle: keep it in a struct or move it into a spawned task (bb8's `get_owned`). It is
+    /// handle: keep it in a struct or move it into a spawned task (bb8's `get_owned`, except
+    /// that the guard does not keep the pool open: see [`PooledConnection`]). It is
     /// [`PooledConnection::into_owned`] applied to the result, one reference-count increment
     /// dearer than a borrowed checkout.
     ///

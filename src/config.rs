@@ -48,8 +48,11 @@ impl Default for ValidationPolicy {
     }
 }
 
-/// The validated settings of a pool. Build one with [`Builder`](crate::Builder); read it back
-/// with [`ConnectionPool::config`](crate::ConnectionPool::config).
+/// The settings of a pool. Set them one by one on [`Builder`](crate::Builder), or start from
+/// `Config::default()` (always with `..Config::default()` in a struct literal, so that a field
+/// added in a later release still compiles) and pass it to
+/// [`Builder::config`](crate::Builder::config); read them back, validated, with
+/// [`ConnectionPool::config`](crate::ConnectionPool::config).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Name used in log messages, so that several pools can be told apart.
@@ -113,7 +116,7 @@ impl Config {
             return Err(ConfigError::new(
                 "max_size",
                 format!(
-                    "is {}, above the supported {MAX_POOL_SIZE}; the idle queue is allocated up front",
+                    "is {}; use at most {MAX_POOL_SIZE} (the idle queue is allocated up front)",
                     self.max_size
                 ),
             ));
@@ -151,7 +154,14 @@ impl Config {
         ];
         for (field, duration) in durations {
             if let Some(duration) = duration {
-                check_duration(field, duration)?;
+                let advice = match field {
+                    "wait_timeout" => {
+                        "use None to wait without limit, or try_get_connection() or \
+                         get_connection_timeout(Duration::ZERO) not to wait at all"
+                    }
+                    _ => SET_NONE,
+                };
+                check_duration_or(field, duration, advice)?;
             }
         }
         if let Some(interval) = self.cleanup_interval {
@@ -178,10 +188,6 @@ pub(crate) const MIN_CLEANUP_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The advice when a setting that can be `None` is out of range.
 const SET_NONE: &str = "use None to turn it off";
-
-pub(crate) fn check_duration(field: &'static str, duration: Duration) -> Result<(), ConfigError> {
-    check_duration_or(field, duration, SET_NONE)
-}
 
 /// Checks a `cleanup_interval`; `to_turn_off` says how to do without the task where it is set.
 pub(crate) fn check_cleanup_interval(

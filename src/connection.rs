@@ -97,8 +97,10 @@ impl<C> InUse<C> {
 /// checkout a write to one cache line that all cores fight over. To keep a guard beyond that
 /// borrow (in a struct, or moved into a spawned task), make it owned with
 /// [`into_owned`](Self::into_owned) or check out with
-/// [`get_connection_owned`](crate::ConnectionPool::get_connection_owned); an owned guard
-/// holds a reference to the pool, so it may outlive every handle.
+/// [`get_connection_owned`](crate::ConnectionPool::get_connection_owned). An owned guard keeps
+/// the pool's memory alive, not the pool: unlike bb8's, it does not count as a handle, so
+/// dropping the last [`ConnectionPool`](crate::ConnectionPool) still closes the pool, and the
+/// guard's connection is then destroyed when the guard drops instead of returned.
 ///
 /// It dereferences to the connection. Dropping it returns the connection to the pool at once,
 /// synchronously, without I/O or spawning; the connection is destroyed instead when it is

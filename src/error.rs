@@ -87,24 +87,28 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
             PoolError::Backend(e) => write!(f, "could not create a connection: {e}"),
             PoolError::Rejected(e) => write!(
                 f,
-                "the backend refuses new connections: {e}; this will not pass by itself: fix \
-                 the cause (credentials, database name, TLS settings)"
+                "the backend refused a new connection with an error the manager classifies as \
+                 permanent: {e}; calls that need a new connection fail at once until a retry \
+                 (at most every {:?} or so) succeeds: fix the cause (credentials, database \
+                 name, TLS settings)",
+                crate::CREATE_BACKOFF_MAX
             ),
             PoolError::Closed => f.write_str("the pool is closed; build a new pool to continue"),
             PoolError::Config(e) => write!(f, "invalid pool configuration: {e}"),
             PoolError::NoRuntime { setting } => {
                 write!(
                     f,
-                    "`{setting}` needs a runtime: pass one with Builder::runtime (for example \
-                     TokioRuntime or SmolRuntime)"
+                    "`{setting}` (set, or on by default) needs a runtime for its timer: pass \
+                     one with Builder::runtime (TokioRuntime::current() with feature `tokio`, \
+                     SmolRuntime::new() with feature `smol`)"
                 )?;
                 match *setting {
                     "get_connection_timeout" => f.write_str(", or call get_connection"),
                     "restart_cleanup_task" => f.write_str(" when building the pool"),
                     _ => write!(
                         f,
-                        " or set `{setting}` to None; Builder::no_runtime() turns off every \
-                         setting that needs one"
+                        ", or call Builder::no_runtime() to turn off every timeout, the \
+                         cleanup task and leak detection (or set `{setting}` to None)"
                     ),
                 }
             }

@@ -251,7 +251,7 @@ impl HistogramObserver {
             self.create_failures(),
             self.create_timeouts.load(Ordering::Relaxed),
         ));
-        for reason in DestroyReason::ALL {
+        for &reason in DestroyReason::ALL {
             out.push_str(&format!(" {} {}", reason.as_str(), self.destroyed(reason)));
             if reason != DestroyReason::ALL[DestroyReason::ALL.len() - 1] {
                 out.push(',');

@@ -43,6 +43,14 @@ pub trait ConnectionManager: Send + Sync + 'static {
     type Connection: Send + 'static;
 
     /// The error `create_connection` and `is_valid` fail with.
+    ///
+    /// It must implement `std::error::Error`, which `anyhow::Error` and
+    /// `Box<dyn Error + Send + Sync>` do not: wrap those in a newtype that does, or use
+    /// `std::io::Error::other(e)`.
+    ///
+    /// Its `Display` text is logged at `warn` on every failed creation and copied into
+    /// [`PoolError::Timeout`](crate::PoolError::Timeout)'s `last_error`, which any caller that
+    /// times out may receive: keep passwords, tokens and full connection URLs out of it.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Opens a new connection.

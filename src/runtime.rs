@@ -63,8 +63,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// finishes first, so it must be safe to drop before completion (timer futures are).
     fn sleep(&self, duration: Duration) -> BoxFuture<()>;
 
-    /// The current time. Idle times, lifetimes and deadlines are measured with it, so a test
-    /// runtime can drive them with a manual clock.
+    /// The current time. Deadlines are measured with it, and so are idle times and lifetimes
+    /// unless [`coarse_now`](Self::coarse_now) is overridden (as `TokioRuntime` and
+    /// `SmolRuntime` do), so a test runtime can drive them all with a manual clock.
     fn now(&self) -> Instant {
         Instant::now()
     }

@@ -24,8 +24,9 @@ pub enum DestroyReason {
 }
 
 impl DestroyReason {
-    /// Every reason, in declaration order.
-    pub const ALL: [DestroyReason; 7] = [
+    /// Every reason, in declaration order. A slice, so that a reason added in a later release
+    /// changes no type.
+    pub const ALL: &'static [DestroyReason] = &[
         DestroyReason::Broken,
         DestroyReason::ValidationFailed,
         DestroyReason::ValidationAborted,

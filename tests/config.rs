@@ -122,6 +122,24 @@ fn zero_and_overflowing_durations_name_their_field() {
 }
 
 #[test]
+fn range_errors_say_what_to_use_instead() {
+    let message = |result: Result<ConnectionPool<TestManager>, PoolError<_>>| {
+        result.err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let too_big = message(builder().no_runtime().max_size(MAX_POOL_SIZE + 1).build());
+    assert!(
+        too_big.contains(&format!("use at most {MAX_POOL_SIZE}")),
+        "{too_big}"
+    );
+    // Not `None`, which would mean the opposite of what a zero wait asks for.
+    let zero_wait = message(builder().no_runtime().wait_timeout(Duration::ZERO).build());
+    assert!(
+        zero_wait.contains("try_get_connection") && zero_wait.contains("wait without limit"),
+        "{zero_wait}"
+    );
+}
+
+#[test]
 fn timers_without_a_runtime_are_refused() {
     // The defaults have timeouts and a cleanup task, so they need a runtime; the message
     // names the one call that turns them all off.
