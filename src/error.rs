@@ -96,11 +96,17 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
             PoolError::Closed => f.write_str("the pool is closed; build a new pool to continue"),
             PoolError::Config(e) => write!(f, "invalid pool configuration: {e}"),
             PoolError::NoRuntime { setting } => {
+                let method = matches!(*setting, "get_connection_timeout" | "restart_cleanup_task");
                 write!(
                     f,
-                    "`{setting}` (set, or on by default) needs a runtime for its timer: pass \
-                     one with Builder::runtime (TokioRuntime::current() with feature `tokio`, \
-                     SmolRuntime::new() with feature `smol`)"
+                    "`{setting}`{} needs a runtime for its timer: pass one with \
+                     Builder::runtime (TokioRuntime::current() with feature `tokio`, \
+                     SmolRuntime::new() with feature `smol`)",
+                    if method {
+                        ""
+                    } else {
+                        " (set, or on by default)"
+                    }
                 )?;
                 match *setting {
                     "get_connection_timeout" => f.write_str(", or call get_connection"),
