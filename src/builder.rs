@@ -177,8 +177,8 @@ impl<M: ConnectionManager> Builder<M> {
     /// leak detection), for pools used without one, and drops a runtime passed before it.
     /// Settings made after it still count: a timeout set afterwards makes `build` ask for a
     /// runtime, and a [`runtime`](Self::runtime) passed afterwards is used (its clock, its
-    /// spawning), but the timeouts and the cleanup task stay off unless set again. For a pool
-    /// with a runtime and its defaults, do not call this.
+    /// spawning), but the timeouts, the cleanup task and leak detection stay off unless set
+    /// again. For a pool with a runtime and its defaults, do not call this.
     ///
     /// Without a runtime nothing could wake a caller when a retry delay ends, so after a
     /// transient creation failure the pool does not back off: it only lets one creation run at

@@ -61,7 +61,8 @@ pub struct Config {
     pub max_size: usize,
     /// Idle connections the cleanup task keeps ready, and never expires for idleness.
     pub min_idle: usize,
-    /// Idle connections older than this are closed by the cleanup task; `None` keeps them.
+    /// Idle connections older than this are closed, by the cleanup task or at their next
+    /// checkout, while more than `min_idle` are idle; `None` keeps them.
     pub max_idle_time: Option<Duration>,
     /// Connections are closed this long after creation (less up to 2.5 % random jitter), on
     /// return, at checkout or by the cleanup task; `None` lets them live for ever.
@@ -156,8 +157,8 @@ impl Config {
             if let Some(duration) = duration {
                 let advice = match field {
                     "wait_timeout" => {
-                        "use None to wait without limit, or try_get_connection() or \
-                         get_connection_timeout(Duration::ZERO) not to wait at all"
+                        "use None to wait without limit, or try_get_connection() (or, with a \
+                         runtime, get_connection_timeout(Duration::ZERO)) not to wait at all"
                     }
                     _ => SET_NONE,
                 };

@@ -45,9 +45,10 @@ pub enum PoolError<E> {
     /// Creating connections failed with an error the manager classifies as permanent
     /// ([`ConnectionManager::is_permanent_error`](crate::ConnectionManager::is_permanent_error),
     /// for example bad credentials), during this call or shortly before it. Calls that would
-    /// have to create a connection fail at once with it instead of waiting for a timeout; the
-    /// pool tries again after a delay of at most
-    /// [`CREATE_BACKOFF_MAX`](crate::CREATE_BACKOFF_MAX) plus its 25 % jitter.
+    /// have to create a connection fail at once with it instead of waiting for a timeout, until
+    /// a retry delay of at most [`CREATE_BACKOFF_MAX`](crate::CREATE_BACKOFF_MAX) (±25 %
+    /// jitter) has passed; then the next call that needs a connection (or the `min_idle`
+    /// top-up) tries again.
     Rejected(crate::sync::StdArc<E>),
     /// The pool was closed by [`ConnectionPool::close`](crate::ConnectionPool::close) or by
     /// dropping every handle to it.
@@ -88,24 +89,31 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
             PoolError::Rejected(e) => write!(
                 f,
                 "the backend refused a new connection with an error the manager classifies as \
-                 permanent: {e}; calls that need a new connection fail at once until a retry \
-                 (at most every {:?} or so) succeeds: fix the cause (credentials, database \
-                 name, TLS settings)",
+                 permanent: {e}; until the retry delay has passed (at most {:?}, ±25 %), calls \
+                 that need a new connection fail at once, and the next one after it tries \
+                 again: fix the cause (credentials, database name, TLS settings)",
                 crate::CREATE_BACKOFF_MAX
             ),
             PoolError::Closed => f.write_str("the pool is closed; build a new pool to continue"),
             PoolError::Config(e) => write!(f, "invalid pool configuration: {e}"),
             PoolError::NoRuntime { setting } => {
-                let method = matches!(*setting, "get_connection_timeout" | "restart_cleanup_task");
+                // The four settings on by default may not have been set by the user at all.
+                let by_default = matches!(
+                    *setting,
+                    "connection_timeout"
+                        | "wait_timeout"
+                        | "validation_timeout"
+                        | "cleanup_interval"
+                );
                 write!(
                     f,
-                    "`{setting}`{} needs a runtime for its timer: pass one with \
-                     Builder::runtime (TokioRuntime::current() with feature `tokio`, \
+                    "`{setting}`{} needs a runtime (for its timers or background task): pass \
+                     one with Builder::runtime (TokioRuntime::current() with feature `tokio`, \
                      SmolRuntime::new() with feature `smol`)",
-                    if method {
-                        ""
-                    } else {
+                    if by_default {
                         " (set, or on by default)"
+                    } else {
+                        ""
                     }
                 )?;
                 match *setting {
@@ -113,8 +121,8 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
                     "restart_cleanup_task" => f.write_str(" when building the pool"),
                     _ => write!(
                         f,
-                        ", or call Builder::no_runtime() to turn off every timeout, the \
-                         cleanup task and leak detection (or set `{setting}` to None)"
+                        ", or set `{setting}` to None (Builder::no_runtime() turns off every \
+                         timeout, the cleanup task and leak detection set before it)"
                     ),
                 }
             }

@@ -48,9 +48,10 @@ pub trait ConnectionManager: Send + Sync + 'static {
     /// `Box<dyn Error + Send + Sync>` do not: wrap those in a newtype that does, or use
     /// `std::io::Error::other(e)`.
     ///
-    /// Its `Display` text is logged at `warn` on every failed creation and copied into
-    /// [`PoolError::Timeout`](crate::PoolError::Timeout)'s `last_error`, which any caller that
-    /// times out may receive: keep passwords, tokens and full connection URLs out of it.
+    /// Its `Display` text is logged at `warn` on every failed creation (and at `debug` when
+    /// `is_valid` fails) and copied into [`PoolError::Timeout`](crate::PoolError::Timeout)'s
+    /// `last_error`, which any caller that times out may receive: keep passwords, tokens and
+    /// full connection URLs out of it.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Opens a new connection.
