@@ -86,9 +86,9 @@ impl<M: ConnectionManager> Builder<M> {
 
     /// Idle connections the cleanup task keeps ready (default 0, at most `max_size`). It
     /// creates the missing ones when it starts and at each tick, and tries again sooner (after
-    /// 50 ms, doubling) when every connect permit was taken by other creations. It obeys the
-    /// connect governor like any caller, but never waits for it: while creations fail it tries
-    /// only once the backoff delay is over.
+    /// 50 ms, doubling) when other creations in flight took every connect permit or the last
+    /// slots. It obeys the connect governor like any caller, but never waits for it: while
+    /// creations fail it tries at the first tick after the backoff delay is over.
     pub fn min_idle(mut self, min_idle: usize) -> Self {
         self.config.min_idle = min_idle;
         self

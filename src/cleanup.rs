@@ -35,10 +35,13 @@ pub struct CleanupReport {
 /// Why a `min_idle` top-up stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TopUp {
-    /// `min_idle` is reached, the pool is full or closed, or creations are failing: nothing
-    /// to retry before the next tick.
+    /// `min_idle` is reached, the pool is full of connections or closed, a creation failed,
+    /// or the governor holds creations back (backoff, rejection): nothing to retry before the
+    /// next tick.
     Done,
-    /// Short of `min_idle` with room in the pool, but every connect permit was taken.
+    /// Short of `min_idle`, and the pool has room or creations in flight, but no creation
+    /// could begin: every connect permit was taken (or, while creations fail, the one probe
+    /// allowed is in flight).
     PermitsBusy,
 }
 
@@ -104,8 +107,9 @@ impl<M: ConnectionManager> Shared<M> {
             let Some(creating) = Creating::begin(self, max_connecting) else {
                 // Every connect permit taken (callers creating, or the top-up of a task this
                 // one replaced), or the last slots held by creations: they come free within a
-                // connect, and a failed or cancelled one leaves room. Only a pool full of
-                // connections waits for the next tick.
+                // connect, and a cancelled one leaves room at once (a failed one starts the
+                // governor's delay, and the top-up then waits for the next tick). Only a pool
+                // full of connections waits for the next tick anyway.
                 if self.size() < self.config.max_size || self.capacity.connecting() > 0 {
                     end = TopUp::PermitsBusy;
                 }

@@ -12,7 +12,7 @@ use connection_pool::{
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -249,7 +249,10 @@ async fn a_top_up_that_finds_every_permit_taken_tries_again_soon_not_a_tick_late
         .runtime(ManualRuntime::new(&clock))
         .build()
         .unwrap();
-    eventually("min_idle is reached", || pool.status().idle == 2).await;
+    eventually("min_idle is reached and the task asleep", || {
+        pool.status().idle == 2 && clock.sleepers() == 1
+    })
+    .await;
     let held = check_out(&pool, 2).await;
     // A caller is creating, slowly, with the only connect permit when the tick comes.
     manager.counts.set_create(Gate::Hang);
@@ -275,7 +278,7 @@ async fn a_top_up_that_finds_every_permit_taken_tries_again_soon_not_a_tick_late
 }
 
 #[tokio::test]
-async fn a_pool_full_only_through_a_creation_in_flight_is_topped_up_once_that_fails() {
+async fn a_pool_full_only_through_a_creation_in_flight_is_topped_up_once_that_is_cancelled() {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
     let pool = ConnectionPool::builder(manager.clone())
         .max_size(3)
@@ -288,7 +291,10 @@ async fn a_pool_full_only_through_a_creation_in_flight_is_topped_up_once_that_fa
         .runtime(ManualRuntime::new(&clock))
         .build()
         .unwrap();
-    eventually("min_idle is reached", || pool.status().idle == 1).await;
+    eventually("min_idle is reached and the task asleep", || {
+        pool.status().idle == 1 && clock.sleepers() == 1
+    })
+    .await;
     let held = check_out(&pool, 2).await;
     // The last slot and the only permit: a caller's creation, which will be cancelled.
     manager.counts.set_create(Gate::Hang);
@@ -324,7 +330,10 @@ async fn while_retries_find_every_permit_taken_the_pass_still_comes_by_the_clock
         .runtime(ManualRuntime::new(&clock))
         .build()
         .unwrap();
-    eventually("min_idle is reached", || pool.status().idle == 2).await;
+    eventually("min_idle is reached and the task asleep", || {
+        pool.status().idle == 2 && clock.sleepers() == 1
+    })
+    .await;
     let mut held = check_out(&pool, 2).await;
     // A caller holds the only connect permit in a creation that never ends.
     manager.counts.set_create(Gate::Hang);
@@ -487,11 +496,13 @@ async fn an_observer_panic_in_a_cleanup_pass_does_not_end_the_cleanup_task() {
     assert_eq!(running(&spawned), 1);
 }
 
-/// A [`ManualRuntime`] whose `now` panics on every other reading once armed; the coarse clock
-/// (idle times, lifetimes) stays sound, as tokio's and smol's read the system's.
+/// A [`ManualRuntime`] whose `now` panics on every other reading once armed, counted from
+/// the arming: on the even ones or on the odd ones. The coarse clock (idle times, lifetimes)
+/// stays sound, as tokio's and smol's read the system's.
 struct FlakyClock {
     inner: ManualRuntime,
-    armed: Arc<AtomicBool>,
+    /// 0: sound; 1: the even readings fail; 2: the odd ones.
+    failing: Arc<AtomicUsize>,
     readings: Arc<AtomicUsize>,
 }
 
@@ -506,10 +517,11 @@ impl Runtime for FlakyClock {
 
     fn now(&self) -> Instant {
         let reading = self.readings.fetch_add(1, Ordering::SeqCst);
-        if self.armed.load(Ordering::SeqCst) && reading % 2 == 0 {
-            panic!("the test's clock fails on purpose");
+        match self.failing.load(Ordering::SeqCst) {
+            1 if reading % 2 == 0 => panic!("the test's clock fails on purpose"),
+            2 if reading % 2 == 1 => panic!("the test's clock fails on purpose"),
+            _ => self.inner.clock.now(),
         }
-        self.inner.clock.now()
     }
 
     fn coarse_now(&self) -> Instant {
@@ -517,16 +529,15 @@ impl Runtime for FlakyClock {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clock_that_fails_now_and_then_does_not_make_the_cleanup_task_spin() {
+/// Retries short of permits, then the pass overdue by the clock while every other reading
+/// fails from then on (`failing` as in [`FlakyClock`]): how often the loop reads the clock
+/// in 300 ms of real time.
+async fn clock_readings_with_a_flaky_clock(failing: usize) -> usize {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
-    let (armed, readings) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
+    let (mode, readings) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let runtime = FlakyClock {
         inner: ManualRuntime::new(&clock),
-        armed: Arc::clone(&armed),
+        failing: Arc::clone(&mode),
         readings: Arc::clone(&readings),
     };
     let pool = ConnectionPool::builder(manager.clone())
@@ -540,7 +551,10 @@ async fn a_clock_that_fails_now_and_then_does_not_make_the_cleanup_task_spin() {
         .runtime(runtime)
         .build()
         .unwrap();
-    eventually("min_idle is reached", || pool.status().idle == 1).await;
+    eventually("min_idle is reached and the task asleep", || {
+        pool.status().idle == 1 && clock.sleepers() == 1
+    })
+    .await;
     let held = pool.get_connection().await.unwrap();
     // A caller holds the only connect permit, so each top-up ends at once, short of permits.
     manager.counts.set_create(Gate::Hang);
@@ -549,17 +563,27 @@ async fn a_clock_that_fails_now_and_then_does_not_make_the_cleanup_task_spin() {
     eventually("the caller is creating", || pool.status().connecting == 1).await;
     clock.advance(30 * SECOND);
     eventually("the task retries", || clock.sleepers() == 1).await;
-    armed.store(true, Ordering::SeqCst);
-    // Past the next tick: the pass is overdue by the clock, and some readings fail.
+    readings.store(0, Ordering::SeqCst);
+    mode.store(failing, Ordering::SeqCst);
+    // Past the next tick: the pass is overdue by the clock.
     clock.advance(31 * SECOND);
-    let before = readings.load(Ordering::SeqCst);
     common::async_io_sleep(Duration::from_millis(300)).await;
-    let read = readings.load(Ordering::SeqCst) - before;
-    assert!(
-        read < 100,
-        "the cleanup task read the clock {read} times in 300 ms"
-    );
-    armed.store(false, Ordering::SeqCst);
+    let read = readings.load(Ordering::SeqCst);
+    mode.store(0, Ordering::SeqCst);
     caller.abort();
     drop(held);
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_fails_now_and_then_does_not_make_the_cleanup_task_spin() {
+    // Both phases: whichever reading of the loop's the failures hit (the one after a pass, or
+    // the one after a top-up), the loop goes back to sleep.
+    for failing in [1, 2] {
+        let read = clock_readings_with_a_flaky_clock(failing).await;
+        assert!(
+            read < 100,
+            "failing {failing}: the cleanup task read the clock {read} times in 300 ms"
+        );
+    }
 }

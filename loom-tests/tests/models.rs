@@ -802,6 +802,10 @@ fn m14_a_connection_that_fails_validation_keeps_its_slot() {
 ///     getter is polled once and dropped mid-create). Every getter that stays is served (a
 ///     stranded one is a loom deadlock), never more than one creation at a time, and the
 ///     slots end equal to the live connections.
+///
+///     A liveness check only: with one getter parked, the place in line this protects cannot
+///     be seen here (`tests/governor.rs` checks the order); m15b deadlocks when the failing
+///     branch of `wake_creator` wakes nobody.
 fn slot_freed_beside_a_probe(name: &str, cancelled: bool) {
     check(name, move || {
         let pool = pool_connecting(
