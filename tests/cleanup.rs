@@ -235,30 +235,60 @@ async fn stuck_top_up(
     pool
 }
 
-#[tokio::test]
-async fn a_top_up_that_finds_every_permit_taken_tries_again_soon_not_a_tick_later() {
-    let (manager, clock) = (TestManager::new(), ManualClock::new());
-    let pool = ConnectionPool::builder(manager.clone())
-        .max_size(5)
+/// A pool for the top-up retry tests: one connect permit, no timeouts (so a hanging creation
+/// holds its permit until cancelled), and no validation; the test adds the runtime.
+fn one_permit(
+    manager: &TestManager,
+    max_size: usize,
+    min_idle: usize,
+    interval: Duration,
+) -> Builder<TestManager> {
+    ConnectionPool::builder(manager.clone())
+        .max_size(max_size)
         .max_connecting(1)
-        .min_idle(2)
+        .min_idle(min_idle)
         .connection_timeout(None)
         .wait_timeout(None)
         .validation(ValidationPolicy::Never)
-        .cleanup_interval(60 * SECOND)
-        .runtime(ManualRuntime::new(&clock))
-        .build()
-        .unwrap();
+        .cleanup_interval(interval)
+}
+
+/// Waits until the first top-up filled `min_idle` and the cleanup task sleeps: checking out
+/// earlier could race the top-up's last look and start another creation.
+async fn topped_up_and_asleep(
+    pool: &ConnectionPool<TestManager>,
+    clock: &ManualClock,
+    idle: usize,
+) {
     eventually("min_idle is reached and the task asleep", || {
-        pool.status().idle == 2 && clock.sleepers() == 1
+        pool.status().idle == idle && clock.sleepers() == 1
     })
     .await;
-    let held = check_out(&pool, 2).await;
-    // A caller is creating, slowly, with the only connect permit when the tick comes.
+}
+
+/// A caller creating, for ever, with the only connect permit; abort it to cancel.
+async fn caller_holding_the_permit(
+    manager: &TestManager,
+    pool: &ConnectionPool<TestManager>,
+) -> tokio::task::JoinHandle<()> {
     manager.counts.set_create(Gate::Hang);
     let caller_pool = pool.clone();
     let caller = tokio::spawn(async move { drop(caller_pool.get_connection().await) });
     eventually("the caller is creating", || pool.status().connecting == 1).await;
+    caller
+}
+
+#[tokio::test]
+async fn a_top_up_that_finds_every_permit_taken_tries_again_soon_not_a_tick_later() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = one_permit(&manager, 5, 2, 60 * SECOND)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    topped_up_and_asleep(&pool, &clock, 2).await;
+    let held = check_out(&pool, 2).await;
+    // A caller is creating, slowly, with the only connect permit when the tick comes.
+    let caller = caller_holding_the_permit(&manager, &pool).await;
     manager.counts.set_create(Gate::Ok);
     clock.advance(60 * SECOND);
     // The caller has no timer: the one sleeper is the cleanup task, asleep again after the
@@ -280,27 +310,14 @@ async fn a_top_up_that_finds_every_permit_taken_tries_again_soon_not_a_tick_late
 #[tokio::test]
 async fn a_pool_full_only_through_a_creation_in_flight_is_topped_up_once_that_is_cancelled() {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
-    let pool = ConnectionPool::builder(manager.clone())
-        .max_size(3)
-        .max_connecting(1)
-        .min_idle(1)
-        .connection_timeout(None)
-        .wait_timeout(None)
-        .validation(ValidationPolicy::Never)
-        .cleanup_interval(60 * SECOND)
+    let pool = one_permit(&manager, 3, 1, 60 * SECOND)
         .runtime(ManualRuntime::new(&clock))
         .build()
         .unwrap();
-    eventually("min_idle is reached and the task asleep", || {
-        pool.status().idle == 1 && clock.sleepers() == 1
-    })
-    .await;
+    topped_up_and_asleep(&pool, &clock, 1).await;
     let held = check_out(&pool, 2).await;
     // The last slot and the only permit: a caller's creation, which will be cancelled.
-    manager.counts.set_create(Gate::Hang);
-    let caller_pool = pool.clone();
-    let caller = tokio::spawn(async move { drop(caller_pool.get_connection().await) });
-    eventually("the caller is creating", || pool.status().connecting == 1).await;
+    let caller = caller_holding_the_permit(&manager, &pool).await;
     assert_eq!(pool.status().size, 3);
     manager.counts.set_create(Gate::Ok);
     clock.advance(60 * SECOND);
@@ -318,28 +335,15 @@ async fn a_pool_full_only_through_a_creation_in_flight_is_topped_up_once_that_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_retries_find_every_permit_taken_the_pass_still_comes_by_the_clock() {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
-    let pool = ConnectionPool::builder(manager.clone())
-        .max_size(5)
-        .max_connecting(1)
-        .min_idle(2)
+    let pool = one_permit(&manager, 5, 2, 30 * SECOND)
         .max_lifetime(40 * SECOND)
-        .connection_timeout(None)
-        .wait_timeout(None)
-        .validation(ValidationPolicy::Never)
-        .cleanup_interval(30 * SECOND)
         .runtime(ManualRuntime::new(&clock))
         .build()
         .unwrap();
-    eventually("min_idle is reached and the task asleep", || {
-        pool.status().idle == 2 && clock.sleepers() == 1
-    })
-    .await;
+    topped_up_and_asleep(&pool, &clock, 2).await;
     let mut held = check_out(&pool, 2).await;
     // A caller holds the only connect permit in a creation that never ends.
-    manager.counts.set_create(Gate::Hang);
-    let caller_pool = pool.clone();
-    let caller = tokio::spawn(async move { drop(caller_pool.get_connection().await) });
-    eventually("the caller is creating", || pool.status().connecting == 1).await;
+    let caller = caller_holding_the_permit(&manager, &pool).await;
     drop(held.pop());
     assert_eq!(pool.status().idle, 1);
     // First tick: the pass finds nothing to expire, the top-up finds no permit and retries.
@@ -540,27 +544,14 @@ async fn clock_readings_with_a_flaky_clock(failing: usize) -> usize {
         failing: Arc::clone(&mode),
         readings: Arc::clone(&readings),
     };
-    let pool = ConnectionPool::builder(manager.clone())
-        .max_size(5)
-        .max_connecting(1)
-        .min_idle(1)
-        .connection_timeout(None)
-        .wait_timeout(None)
-        .validation(ValidationPolicy::Never)
-        .cleanup_interval(30 * SECOND)
+    let pool = one_permit(&manager, 5, 1, 30 * SECOND)
         .runtime(runtime)
         .build()
         .unwrap();
-    eventually("min_idle is reached and the task asleep", || {
-        pool.status().idle == 1 && clock.sleepers() == 1
-    })
-    .await;
+    topped_up_and_asleep(&pool, &clock, 1).await;
     let held = pool.get_connection().await.unwrap();
     // A caller holds the only connect permit, so each top-up ends at once, short of permits.
-    manager.counts.set_create(Gate::Hang);
-    let caller_pool = pool.clone();
-    let caller = tokio::spawn(async move { drop(caller_pool.get_connection().await) });
-    eventually("the caller is creating", || pool.status().connecting == 1).await;
+    let caller = caller_holding_the_permit(&manager, &pool).await;
     clock.advance(30 * SECOND);
     eventually("the task retries", || clock.sleepers() == 1).await;
     readings.store(0, Ordering::SeqCst);
