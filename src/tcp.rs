@@ -242,10 +242,22 @@ impl TcpConnection {
         self.io.get_ref().local_addr()
     }
 
-    /// The underlying async-net socket, for socket options. Reading or writing through it
-    /// bypasses the read buffer and the failure tracking.
-    pub fn get_ref(&self) -> &async_net::TcpStream {
-        self.io.get_ref()
+    /// Whether `TCP_NODELAY` is set on the socket.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.io.get_ref().nodelay()
+    }
+
+    /// Sets or clears `TCP_NODELAY` on the socket.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.io.get_ref().set_nodelay(nodelay)
     }
 
     /// Bytes received but not read yet.
@@ -269,6 +281,27 @@ impl TcpConnection {
         if let Poll::Ready(Err(_)) = result {
             self.failed = true;
         }
+    }
+}
+
+/// The socket's handle, for options this type has no method for (for example through
+/// `socket2::SockRef::from(&conn)`). Reading or writing through it bypasses the read buffer and
+/// the failure tracking. A borrowed standard handle rather than async-net's own socket type, so
+/// that async-net stays out of this crate's public API.
+#[cfg(unix)]
+impl std::os::fd::AsFd for TcpConnection {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.io.get_ref().as_fd()
+    }
+}
+
+/// The socket's handle, for options this type has no method for (for example through
+/// `socket2::SockRef::from(&conn)`). Reading or writing through it bypasses the read buffer and
+/// the failure tracking.
+#[cfg(windows)]
+impl std::os::windows::io::AsSocket for TcpConnection {
+    fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
+        self.io.get_ref().as_socket()
     }
 }
 

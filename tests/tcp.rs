@@ -140,6 +140,28 @@ async fn nodelay_is_set_as_configured() {
             .build()
             .unwrap();
         let conn = pool.get_connection().await.unwrap();
-        assert_eq!(conn.get_ref().nodelay().unwrap(), nodelay);
+        assert_eq!(conn.nodelay().unwrap(), nodelay);
     }
+}
+
+#[tokio::test]
+async fn set_nodelay_changes_the_socket_option() {
+    let server = LineServer::start();
+    let pool = pool(&server, ValidationPolicy::Never);
+    let conn = pool.get_connection().await.unwrap();
+    assert!(conn.nodelay().unwrap());
+    conn.set_nodelay(false).unwrap();
+    assert!(!conn.nodelay().unwrap());
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_socket_handle_is_the_connections_own() {
+    use std::os::fd::AsFd;
+    let server = LineServer::start();
+    let pool = pool(&server, ValidationPolicy::Never);
+    let conn = pool.get_connection().await.unwrap();
+    let socket = std::net::TcpStream::from(conn.as_fd().try_clone_to_owned().unwrap());
+    assert_eq!(socket.peer_addr().unwrap(), conn.peer_addr().unwrap());
+    assert_eq!(socket.local_addr().unwrap(), conn.local_addr().unwrap());
 }
