@@ -254,11 +254,9 @@ fn timed_out<M: ConnectionManager>(
     }
     let last_error = shared.create_error_since(start);
     log::warn!(
-        "{}: get_connection timed out {phase}; size {}, idle {}, waiters {}",
+        "{}: get_connection timed out {phase}; {}",
         shared.config.name,
-        shared.size(),
-        shared.idle.len(),
-        shared.waitlist.waiting(),
+        shared.occupancy(),
     );
     PoolError::Timeout { phase, last_error }
 }

@@ -72,12 +72,11 @@ impl<M: ConnectionManager> Shared<M> {
         }
         if report.idle_expired + report.lifetime_expired > 0 {
             log::debug!(
-                "{}: cleanup closed {} idle and {} aged connections; size {}, idle {}",
+                "{}: cleanup closed {} idle and {} aged connections; {}",
                 self.config.name,
                 report.idle_expired,
                 report.lifetime_expired,
-                self.size(),
-                self.idle.len(),
+                self.occupancy(),
             );
         }
         report
@@ -129,11 +128,10 @@ impl<M: ConnectionManager> Shared<M> {
         }
         if created > 0 {
             log::debug!(
-                "{}: created {created} connections to keep min_idle {}; size {}, idle {}",
+                "{}: created {created} connections to keep min_idle {}; {}",
                 self.config.name,
                 self.config.min_idle,
-                self.size(),
-                self.idle.len(),
+                self.occupancy(),
             );
         }
         end
@@ -333,10 +331,9 @@ impl<M: ConnectionManager> Shared<M> {
     fn background_panicked(&self, work: &str) {
         log::warn!(
             "{}: the {work} of the cleanup task panicked (in create_connection, an observer or \
-             the runtime's clock); it runs again at the next tick; size {}, idle {}",
+             the runtime's clock); it runs again at the next tick; {}",
             self.config.name,
-            self.size(),
-            self.idle.len(),
+            self.occupancy(),
         );
     }
 }

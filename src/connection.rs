@@ -219,7 +219,7 @@ impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
         }
         let now = shared.now();
         if let Some(watch) = &shared.leaks {
-            if watch.returned(record, now, &shared.config.name) {
+            if watch.returned(record, now, &shared.config.name, || shared.occupancy()) {
                 crate::status::Stats::bump(&shared.stats.leaks);
             }
         }

@@ -12,6 +12,7 @@
 //! checkout path pays one `Option` check. (An observer alone also gets a record per checkout,
 //! for the hold time it is told on return, but nothing files it.)
 
+use crate::status::Occupancy;
 use crate::sync::{Arc, AtomicBool, LeakEntries, Mutex, MutexGuard, Ordering, PoisonError};
 use std::{
     panic::Location,
@@ -116,14 +117,22 @@ impl LeakWatch {
 
     /// Warns about a returned checkout if it was held too long and nobody warned yet (the
     /// watcher may not have looked since the threshold passed). Returns whether it warned.
-    pub(crate) fn returned(&self, record: &Checkout, now: Instant, pool: &str) -> bool {
+    /// `occupancy` is read only for a warning.
+    pub(crate) fn returned(
+        &self,
+        record: &Checkout,
+        now: Instant,
+        pool: &str,
+        occupancy: impl FnOnce() -> Occupancy,
+    ) -> bool {
         let held = now.saturating_duration_since(record.at);
         if held >= self.threshold && record.warn_once() {
             log::warn!(
                 "{pool}: a connection checked out at {} was held for {held:?}, longer than \
-                 leak_detection_threshold ({:?})",
+                 leak_detection_threshold ({:?}); {}",
                 record.location,
                 self.threshold,
+                occupancy(),
             );
             return true;
         }
@@ -133,7 +142,12 @@ impl LeakWatch {
     /// One look by the watcher: warns about the checkouts held past the threshold that were
     /// not warned about yet. Returns how many it warned about.
     #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn scan(&self, now: Instant, pool: &str) -> usize {
+    pub(crate) fn scan(
+        &self,
+        now: Instant,
+        pool: &str,
+        occupancy: impl Fn() -> Occupancy,
+    ) -> usize {
         let mut warned = 0;
         for entry in 0..self.entries.len() {
             // Copied out, so that the warning is not written with the entry locked.
@@ -145,9 +159,10 @@ impl LeakWatch {
                 warned += 1;
                 log::warn!(
                     "{pool}: a connection checked out at {} has been held for {held:?}, longer \
-                     than leak_detection_threshold ({:?}); it may have leaked",
+                     than leak_detection_threshold ({:?}); it may have leaked; {}",
                     record.location,
                     self.threshold,
+                    occupancy(),
                 );
             }
         }
@@ -196,7 +211,7 @@ pub(crate) fn start<M: crate::ConnectionManager>(shared: &Arc<crate::pool::Share
             let Some(watch) = shared.leaks.as_ref() else {
                 return;
             };
-            let warned = watch.scan(shared.now(), &shared.config.name);
+            let warned = watch.scan(shared.now(), &shared.config.name, || shared.occupancy());
             for _ in 0..warned {
                 crate::status::Stats::bump(&shared.stats.leaks);
             }

@@ -87,7 +87,7 @@ use crate::{
     observer::{CreateFailure, PoolObserver},
     runtime::Runtime,
     runtime::run_bounded,
-    status::{DestroyReason, Stats, Status},
+    status::{DestroyReason, Occupancy, Stats, Status},
     sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, IdleQueue, Ordering, StdArc, fence},
     waitlist::WaitList,
 };
@@ -393,11 +393,10 @@ impl<M: ConnectionManager> Shared<M> {
 
     fn log_destroyed(&self, reason: DestroyReason) {
         log::debug!(
-            "{}: destroyed a connection ({}); size {}, idle {}",
+            "{}: destroyed a connection ({}); {}",
             self.config.name,
             reason.as_str(),
-            self.size(),
-            self.idle.len(),
+            self.occupancy(),
         );
     }
 
@@ -542,10 +541,9 @@ impl<M: ConnectionManager> Shared<M> {
         Stats::bump(&self.stats.detached);
         self.release_slot();
         log::debug!(
-            "{}: connection detached; size {}, idle {}",
+            "{}: connection detached; {}",
             self.config.name,
-            self.size(),
-            self.idle.len(),
+            self.occupancy(),
         );
         conn.raw
     }
@@ -574,13 +572,7 @@ impl<M: ConnectionManager> Shared<M> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        log::debug!(
-            "{}: closing; size {}, idle {}, waiters {}",
-            self.config.name,
-            self.size(),
-            self.idle.len(),
-            self.waitlist.waiting(),
-        );
+        log::debug!("{}: closing; {}", self.config.name, self.occupancy(),);
         // Wake every waiter: each re-checks `closed` and fails with `Closed`. The fence orders
         // the store above before the drain below (see "Closing").
         fence(Ordering::SeqCst);
@@ -715,6 +707,15 @@ impl<M: ConnectionManager> Shared<M> {
         };
         guard.track(record);
         guard
+    }
+
+    /// The counts log lines end with; a snapshot, each read once.
+    pub(crate) fn occupancy(&self) -> Occupancy {
+        Occupancy {
+            size: self.size(),
+            idle: self.idle.len(),
+            waiters: self.waitlist.waiting(),
+        }
     }
 
     pub(crate) fn status(&self) -> Status {

@@ -1,6 +1,7 @@
 //! Point-in-time numbers about a pool, and the counters behind them.
 
 use crate::sync::{AtomicU64, Ordering};
+use std::fmt;
 
 /// Why the pool closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -182,5 +183,23 @@ impl Stats {
                 panicked: destroyed(DestroyReason::Panicked),
             },
         }
+    }
+}
+
+/// The pool's counts as log lines give them (`size 3, idle 1, waiters 2`), so that every
+/// message about a pool's state can be read the same way.
+pub(crate) struct Occupancy {
+    pub(crate) size: usize,
+    pub(crate) idle: usize,
+    pub(crate) waiters: usize,
+}
+
+impl fmt::Display for Occupancy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "size {}, idle {}, waiters {}",
+            self.size, self.idle, self.waiters
+        )
     }
 }

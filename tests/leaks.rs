@@ -39,6 +39,15 @@ fn warnings_mentioning(needle: &str) -> usize {
         .count()
 }
 
+/// The one warning that mentions `needle`.
+fn warning_about(needle: &str) -> String {
+    let warnings = CAPTURE.0.lock().unwrap();
+    let mut matching = warnings.iter().filter(|w| w.contains(needle));
+    let warning = matching.next().expect("a warning").clone();
+    assert!(matching.next().is_none(), "one warning mentions {needle}");
+    warning
+}
+
 /// The tasks a `ManualRuntime` spawned.
 type Spawned = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
 
@@ -88,6 +97,11 @@ async fn a_connection_held_too_long_is_reported_once_with_its_checkout_site() {
     .await;
     assert_eq!(warnings_mentioning(&site), 1, "the warning names {site}");
     assert!(warnings_mentioning("leaky: a connection checked out at") >= 1);
+    let warning = warning_about(&site);
+    assert!(
+        warning.ends_with("; size 2, idle 1, waiters 0"),
+        "the watcher's warning gives the pool's counts: {warning}"
+    );
 
     // Once per checkout: more time and the return add nothing.
     clock.advance(Duration::from_secs(60));
@@ -107,7 +121,11 @@ async fn a_long_hold_returned_before_the_watcher_looks_is_reported_on_return() {
     clock.advance(Duration::from_secs(11));
     drop(held);
     assert_eq!(pool.status().counters.leaks, 1);
-    assert_eq!(warnings_mentioning(&site), 1, "the warning names {site}");
+    let warning = warning_about(&site);
+    assert!(
+        warning.ends_with("; size 1, idle 0, waiters 0"),
+        "the warning on return gives the counts before the connection goes back: {warning}"
+    );
 }
 
 #[tokio::test]
