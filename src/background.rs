@@ -8,13 +8,22 @@
 //! signal, which `close`, `stop_cleanup_task` and `restart_cleanup_task` fire.
 
 #[cfg(not(loom))]
-use crate::{ConnectionManager, pool::Shared, runtime::BoxFuture, sync::Weak};
+use crate::{
+    ConnectionManager,
+    pool::Shared,
+    runtime::{BoxFuture, Runtime},
+    sync::Weak,
+};
 use event_listener::{Event, EventListener};
+#[cfg(not(loom))]
+use futures_lite::FutureExt;
 #[cfg(not(loom))]
 use std::{
     future::{Future, poll_fn},
+    panic::AssertUnwindSafe,
     pin::Pin,
     task::Poll,
+    time::Duration,
 };
 
 /// Fired whenever a background loop may have to end; each loop re-checks its own condition.
@@ -44,33 +53,90 @@ impl StopSignal {
     }
 }
 
+/// How a background loop's sleep ended.
+#[cfg(not(loom))]
+pub(crate) enum Slept {
+    /// The timer fired and the loop is still wanted.
+    Elapsed,
+    /// The pool is gone, or the loop is no longer wanted: it should end.
+    Unwanted,
+    /// The runtime's timer panicked (when created or polled): nobody knows how long passed.
+    TimerPanicked,
+}
+
+/// The runtime's timer for `duration`, or `None` if creating it panicked (the runtime is user
+/// code, and the loop must not die with it).
+#[cfg(not(loom))]
+pub(crate) fn timer(runtime: &dyn Runtime, duration: Duration) -> Option<BoxFuture<()>> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| runtime.sleep(duration))).ok()
+}
+
 /// Sleeps until `tick` completes, waking early whenever `stop` fires to re-check `wanted` on
-/// the pool. Returns `false` as soon as the pool is gone or `wanted` no longer holds: the
-/// loop should end. `stop` must have been taken before the caller last checked `wanted`.
+/// the pool. `stop` must have been taken before the caller last checked `wanted`.
 #[cfg(not(loom))]
 pub(crate) async fn sleep_while_wanted<M: ConnectionManager>(
     pool: &Weak<Shared<M>>,
-    mut tick: BoxFuture<()>,
+    tick: Option<BoxFuture<()>>,
     mut stop: EventListener,
     wanted: impl Fn(&Shared<M>) -> bool,
-) -> bool {
-    while !tick_unless_stopped(&mut tick, &mut stop).await {
+) -> Slept {
+    let Some(tick) = tick else {
+        return Slept::TimerPanicked;
+    };
+    let mut tick = std::pin::pin!(FutureExt::catch_unwind(AssertUnwindSafe(tick)));
+    loop {
+        match unless_stopped(tick.as_mut(), &mut stop).await {
+            Some(Ok(())) => return Slept::Elapsed,
+            Some(Err(_)) => return Slept::TimerPanicked,
+            None => {}
+        }
         let Some(shared) = pool.upgrade() else {
-            return false;
+            return Slept::Unwanted;
         };
         stop = shared.background_stop.listen();
         if !wanted(&shared) {
-            return false;
+            return Slept::Unwanted;
         }
     }
-    true
 }
 
-/// Waits until `tick` completes (returns `true`) or `stop` fires (returns `false`). After
-/// `false`, `tick` may be awaited again; after `true` it must not be.
+/// A background loop's count of timer panics in a row. Without a timer a loop cannot wait,
+/// so it tries a few times (a one-off fault passes) and then ends rather than spin.
 #[cfg(not(loom))]
-async fn tick_unless_stopped(tick: &mut BoxFuture<()>, stop: &mut EventListener) -> bool {
-    unless_stopped(tick.as_mut(), stop).await.is_some()
+pub(crate) struct TimerFaults {
+    in_a_row: u32,
+}
+
+/// Timer panics in a row after which a background loop ends.
+#[cfg(not(loom))]
+const TIMER_PANICS_TOLERATED: u32 = 3;
+
+#[cfg(not(loom))]
+impl TimerFaults {
+    pub(crate) fn new() -> Self {
+        Self { in_a_row: 0 }
+    }
+
+    /// A timer fired.
+    pub(crate) fn elapsed(&mut self) {
+        self.in_a_row = 0;
+    }
+
+    /// A timer panicked: logs it and returns whether the loop should go on (after a yield).
+    /// `task` names the loop, `without` says what the application loses when it ends.
+    pub(crate) fn panicked(&mut self, pool: &str, task: &str, without: &str) -> bool {
+        self.in_a_row += 1;
+        if self.in_a_row < TIMER_PANICS_TOLERATED {
+            log::warn!("{pool}: the runtime's timer panicked in the {task}; it tries again");
+            return true;
+        }
+        log::warn!(
+            "{pool}: the runtime's timer panicked {} times in a row in the {task}, which now \
+             stops: {without}",
+            self.in_a_row,
+        );
+        false
+    }
 }
 
 /// Runs `work` until it finishes (its output) or `stop` fires (`None`; `work` may be resumed

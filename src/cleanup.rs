@@ -7,7 +7,7 @@
 //! it simply finds another connection, creates one, or is woken by the push-back.
 
 #[cfg(not(loom))]
-use crate::background::sleep_while_wanted;
+use crate::background::{Slept, TimerFaults, sleep_while_wanted, timer};
 use crate::{
     clock::Stamp,
     error::PoolError,
@@ -170,6 +170,11 @@ pub(crate) fn start<M: ConnectionManager>(
     let _ = (shared, interval);
 }
 
+/// What the application loses when the cleanup task ends on a broken timer.
+#[cfg(not(loom))]
+const TIMER_LOST: &str = "min_idle is no longer kept, and idle connections are closed only when \
+     a checkout finds them expired; restart_cleanup_task starts the task again";
+
 /// The background loop. It holds only a weak reference between ticks, so dropping the pool
 /// ends it; closing the pool or replacing the loop wakes it to end at once, even in the middle
 /// of a `min_idle` top-up.
@@ -185,6 +190,7 @@ async fn run<M: ConnectionManager>(
         let now = std::panic::catch_unwind(AssertUnwindSafe(|| shared.now()));
         Schedule::new(interval, now.unwrap_or_else(|_| Instant::now()))
     };
+    let mut timer_faults = TimerFaults::new();
     loop {
         let (tick, stop, wait) = {
             let Some(shared) = pool.upgrade() else { return };
@@ -199,9 +205,10 @@ async fn run<M: ConnectionManager>(
             // longer than both a tick and the default connection_timeout: long enough for any
             // reasonable connect, short enough that a hanging one frees its permit.
             let give_up_after = interval.max(crate::config::DEFAULT_CONNECTION_TIMEOUT);
-            // A panic in user code (`create_connection`, an observer, the runtime's clock)
-            // must not end the task for good: min_idle would never be restored nor idle
-            // connections expire again. The creation's guard has given its slot back.
+            // A panic in user code (`create_connection`, an observer, the runtime's clock or
+            // timer) must not end the task for good: min_idle would never be restored nor idle
+            // connections expire again. The creation's guard has given its slot back. Only a
+            // timer that keeps panicking ends it, since the loop cannot wait without one.
             let top_up = std::pin::pin!(futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(
                 async {
                     let end = shared.top_up(give_up_after).await;
@@ -219,15 +226,30 @@ async fn run<M: ConnectionManager>(
             let Some(runtime) = shared.runtime.as_deref() else {
                 return;
             };
-            ((!wait.is_zero()).then(|| runtime.sleep(wait)), stop, wait)
+            ((!wait.is_zero()).then(|| timer(runtime, wait)), stop, wait)
         };
         match tick {
             Some(tick) => {
-                if !sleep_while_wanted(&pool, tick, stop, |s| s.cleanup_current(generation)).await {
-                    return;
-                }
-                if !schedule.slept(wait) {
-                    continue;
+                match sleep_while_wanted(&pool, tick, stop, |s| s.cleanup_current(generation)).await
+                {
+                    Slept::Elapsed => {
+                        timer_faults.elapsed();
+                        if !schedule.slept(wait) {
+                            continue;
+                        }
+                    }
+                    Slept::Unwanted => return,
+                    // The top-up runs again (it finds nothing to do if min_idle holds), and
+                    // then the loop asks for a timer again.
+                    Slept::TimerPanicked => {
+                        let Some(shared) = pool.upgrade() else { return };
+                        if !timer_faults.panicked(&shared.config.name, "cleanup task", TIMER_LOST) {
+                            return;
+                        }
+                        drop(shared);
+                        futures_lite::future::yield_now().await;
+                        continue;
+                    }
                 }
             }
             // The pass is overdue: run it now, but let the executor run other tasks first (a

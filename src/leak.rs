@@ -188,6 +188,8 @@ pub(crate) fn start<M: crate::ConnectionManager>(shared: &Arc<crate::pool::Share
     let period = watch.period();
     let pool = Arc::downgrade(shared);
     runtime.spawn(Box::pin(async move {
+        use crate::background::{Slept, TimerFaults, sleep_while_wanted, timer};
+        let mut timer_faults = TimerFaults::new();
         loop {
             let (tick, stop) = {
                 let Some(shared) = pool.upgrade() else { return };
@@ -198,11 +200,23 @@ pub(crate) fn start<M: crate::ConnectionManager>(shared: &Arc<crate::pool::Share
                 let Some(runtime) = shared.runtime.as_deref() else {
                     return;
                 };
-                (runtime.sleep(period), stop)
+                (timer(runtime, period), stop)
             };
             let open = |shared: &crate::pool::Shared<M>| !shared.is_closed();
-            if !crate::background::sleep_while_wanted(&pool, tick, stop, open).await {
-                return;
+            match sleep_while_wanted(&pool, tick, stop, open).await {
+                Slept::Elapsed => timer_faults.elapsed(),
+                Slept::Unwanted => return,
+                Slept::TimerPanicked => {
+                    let Some(shared) = pool.upgrade() else { return };
+                    let without = "a connection held past leak_detection_threshold is \
+                                   reported only when it is returned";
+                    if !timer_faults.panicked(&shared.config.name, "leak watcher", without) {
+                        return;
+                    }
+                    drop(shared);
+                    futures_lite::future::yield_now().await;
+                    continue;
+                }
             }
             let Some(shared) = pool.upgrade() else { return };
             if shared.is_closed() {
@@ -211,7 +225,17 @@ pub(crate) fn start<M: crate::ConnectionManager>(shared: &Arc<crate::pool::Share
             let Some(watch) = shared.leaks.as_ref() else {
                 return;
             };
-            let warned = watch.scan(shared.now(), &shared.config.name, || shared.occupancy());
+            // The runtime's clock is user code: a panic skips this look, not every later one.
+            let Ok(now) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.now()))
+            else {
+                log::warn!(
+                    "{}: the runtime's clock panicked in the leak watcher; it looks again at \
+                     its next tick",
+                    shared.config.name
+                );
+                continue;
+            };
+            let warned = watch.scan(now, &shared.config.name, || shared.occupancy());
             for _ in 0..warned {
                 crate::status::Stats::bump(&shared.stats.leaks);
             }

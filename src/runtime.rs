@@ -61,6 +61,12 @@ pub trait Runtime: Send + Sync + 'static {
     ///
     /// The pool races it against the work it bounds and drops it early whenever that work
     /// finishes first, so it must be safe to drop before completion (timer futures are).
+    ///
+    /// A panic in it (when called or when polled) reaches the `get_connection` caller whose
+    /// timeout it was. The background loops catch it, log it at `warn` and ask for a timer
+    /// again; after three panics in a row, a loop ends with a warning, since it cannot wait
+    /// without a timer (restart the cleanup task with
+    /// [`restart_cleanup_task`](crate::ConnectionPool::restart_cleanup_task)).
     fn sleep(&self, duration: Duration) -> BoxFuture<()>;
 
     /// The current time. Deadlines are measured with it, and so are idle times and lifetimes

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    Gate, ManualClock, ManualRuntime, RealRuntime, TestManager, advance_until, eventually, running,
+    FlakyTimers, Gate, ManualClock, ManualRuntime, RealRuntime, TestManager, advance_until,
+    eventually, running,
 };
 use connection_pool::{
     BoxFuture, Builder, ConnectionPool, PooledConnection, Runtime, ValidationPolicy,
@@ -576,5 +577,60 @@ async fn a_clock_that_fails_now_and_then_does_not_make_the_cleanup_task_spin() {
             read < 100,
             "failing {failing}: the cleanup task read the clock {read} times in 300 ms"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_timer_that_panics_once_does_not_end_the_cleanup_task() {
+    for on_poll in [false, true] {
+        let (manager, clock) = (TestManager::new(), ManualClock::new());
+        let runtime = FlakyTimers::new(&clock);
+        let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
+        let pool = one_permit(&manager, 4, 1, 30 * SECOND)
+            .runtime(runtime)
+            .build()
+            .unwrap();
+        topped_up_and_asleep(&pool, &clock, 1).await;
+        faults.fail(1, on_poll);
+        let asked = faults.sleeps.load(Ordering::SeqCst);
+        clock.advance(30 * SECOND);
+        eventually("the task slept again after its timer failed", || {
+            faults.sleeps.load(Ordering::SeqCst) >= asked + 2 && clock.sleepers() == 1
+        })
+        .await;
+        // Take the idle connection away: the task, still alive, restores min_idle.
+        drop(pool.get_connection().await.unwrap().detach());
+        advance_until(&clock, 30 * SECOND, "min_idle is restored", || {
+            pool.status().idle == 1
+        })
+        .await;
+        assert_eq!(running(&spawned), 1, "on_poll {on_poll}");
+    }
+}
+
+#[tokio::test]
+async fn a_timer_that_keeps_panicking_ends_the_cleanup_task_after_a_few_tries() {
+    for on_poll in [false, true] {
+        let (manager, clock) = (TestManager::new(), ManualClock::new());
+        let runtime = FlakyTimers::new(&clock);
+        let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
+        let pool = one_permit(&manager, 4, 1, 30 * SECOND)
+            .runtime(runtime)
+            .build()
+            .unwrap();
+        topped_up_and_asleep(&pool, &clock, 1).await;
+        faults.fail(usize::MAX, on_poll);
+        let asked = faults.sleeps.load(Ordering::SeqCst);
+        clock.advance(30 * SECOND);
+        eventually("the task ended", || running(&spawned) == 0).await;
+        assert_eq!(
+            faults.sleeps.load(Ordering::SeqCst) - asked,
+            3,
+            "on_poll {on_poll}: three timers, not a spin"
+        );
+        // Once the runtime's timers work again, the task can be started again.
+        faults.fail(0, false);
+        pool.restart_cleanup_task(30 * SECOND).unwrap();
+        eventually("the new task runs", || running(&spawned) == 1).await;
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ManualClock, ManualRuntime, TestManager, advance_until, running};
+use common::{FlakyTimers, ManualClock, ManualRuntime, TestManager, advance_until, running};
 use connection_pool::{ConnectionPool, PoolError, ValidationPolicy};
 use std::{
     sync::{Arc, Mutex},
@@ -151,6 +151,48 @@ async fn leak_detection_off_spawns_nothing_and_reports_nothing() {
     assert_eq!(running(&spawned), 0, "no watcher task");
     assert_eq!(pool.status().counters.leaks, 0);
     assert_eq!(warnings_mentioning("quiet:"), 0);
+}
+
+#[tokio::test]
+async fn a_timer_or_clock_that_panics_once_does_not_end_the_leak_watcher() {
+    for fault in ["timer", "timer when polled", "clock"] {
+        let _ = log::set_logger(&CAPTURE);
+        log::set_max_level(log::LevelFilter::Warn);
+        let clock = ManualClock::new();
+        let runtime = FlakyTimers::new(&clock);
+        let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
+        let name = format!("faulty {fault}");
+        let pool = ConnectionPool::builder(TestManager::new())
+            .name(name.as_str())
+            .validation(ValidationPolicy::Never)
+            .cleanup_interval(None)
+            .leak_detection_threshold(Duration::from_secs(10))
+            .runtime(runtime)
+            .build()
+            .unwrap();
+        let held = pool.get_connection().await.unwrap();
+        common::eventually("the watcher sleeps", || clock.sleepers() == 1).await;
+        match fault {
+            "timer" => faults.fail(1, false),
+            "timer when polled" => faults.fail(1, true),
+            _ => faults.fail_next_reading(),
+        }
+        // The watcher's next tick meets the fault (its clock reading, or its next timer).
+        clock.advance(Duration::from_secs(5));
+        common::eventually("the watcher met the fault", || {
+            warnings_mentioning(&format!("{name}: the runtime's")) == 1
+        })
+        .await;
+        advance_until(
+            &clock,
+            Duration::from_secs(1),
+            "the leak is reported",
+            || pool.status().counters.leaks == 1,
+        )
+        .await;
+        assert_eq!(running(&spawned), 1, "{fault}: the watcher runs on");
+        drop(held);
+    }
 }
 
 #[test]

@@ -23,7 +23,8 @@ use std::{fmt, time::Duration, time::Instant};
 /// The tokio runtime must have its time driver on (`Builder::enable_time` or `enable_all`;
 /// `#[tokio::main]` and `#[tokio::test]` turn it on): without it tokio panics when the pool
 /// arms its first timer (a timed `get_connection`, the cleanup task), which tokio offers no
-/// way to detect beforehand.
+/// way to detect beforehand. The panic reaches a `get_connection` caller; the cleanup task
+/// logs it and, after three tries, ends with a warning.
 ///
 /// Once the tokio runtime behind the handle has shut down, tokio panics when the pool arms a
 /// timer (a `get_connection` with a timeout): build the pool on the runtime that outlives it,

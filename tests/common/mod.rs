@@ -332,6 +332,83 @@ impl Runtime for ManualRuntime {
     }
 }
 
+/// How the timers and the clock of a [`FlakyTimers`] runtime fail.
+#[derive(Debug, Default)]
+pub struct TimerFaults {
+    /// The clock's next reading panics.
+    reading: AtomicBool,
+    /// Timers still to fail; `usize::MAX` for every one from now on.
+    left: AtomicUsize,
+    /// Fail when first polled rather than when created.
+    on_poll: AtomicBool,
+    /// Timers asked for.
+    pub sleeps: AtomicUsize,
+}
+
+impl TimerFaults {
+    /// The next `timers` timers panic, when created or when first polled.
+    pub fn fail(&self, timers: usize, on_poll: bool) {
+        self.on_poll.store(on_poll, Ordering::SeqCst);
+        self.left.store(timers, Ordering::SeqCst);
+    }
+
+    /// The clock's next reading panics.
+    pub fn fail_next_reading(&self) {
+        self.reading.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the timer being made now fails.
+    fn take(&self) -> bool {
+        self.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+                0 => None,
+                usize::MAX => Some(usize::MAX),
+                left => Some(left - 1),
+            })
+            .is_ok()
+    }
+}
+
+/// A [`ManualRuntime`] whose timers (or clock) panic when the test says so: a custom
+/// runtime's bug, or tokio's timer with the time driver off.
+pub struct FlakyTimers {
+    pub inner: ManualRuntime,
+    pub faults: Arc<TimerFaults>,
+}
+
+impl FlakyTimers {
+    pub fn new(clock: &Arc<ManualClock>) -> Self {
+        Self {
+            inner: ManualRuntime::new(clock),
+            faults: Arc::default(),
+        }
+    }
+}
+
+impl Runtime for FlakyTimers {
+    fn spawn(&self, task: BoxFuture<()>) {
+        self.inner.spawn(task);
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        self.faults.sleeps.fetch_add(1, Ordering::SeqCst);
+        if !self.faults.take() {
+            return self.inner.sleep(duration);
+        }
+        assert!(
+            self.faults.on_poll.load(Ordering::SeqCst),
+            "the test's timer fails on purpose when created"
+        );
+        Box::pin(async { panic!("the test's timer fails on purpose when polled") })
+    }
+
+    fn now(&self) -> Instant {
+        let fail = self.faults.reading.swap(false, Ordering::SeqCst);
+        assert!(!fail, "the test's clock fails on purpose");
+        self.inner.now()
+    }
+}
+
 /// tokio's timers and the system clock, without the crate's `tokio` feature: for the few
 /// tests whose point needs real time to pass between two readings.
 pub struct RealRuntime;
