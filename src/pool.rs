@@ -593,13 +593,6 @@ impl<M: ConnectionManager> Shared<M> {
         now: Instant,
     ) -> Option<Result<M::Error, StdArc<M::Error>>> {
         Stats::bump(&self.stats.create_failures);
-        if let Some(observer) = &self.observer {
-            let failure = match &error {
-                Some(error) => CreateFailure::Error(error),
-                None => CreateFailure::TimedOut,
-            };
-            observer.on_create_failure(now.saturating_duration_since(started), failure);
-        }
         let (message, outcome) = match error {
             None => (
                 format!(
@@ -639,6 +632,16 @@ impl<M: ConnectionManager> Shared<M> {
             self.size(),
             self.waitlist.waiting(),
         );
+        // Last, as the observer is user code: should it panic, the failure is recorded (the
+        // backoff holds), the slot is free and the waiters are awake.
+        if let Some(observer) = &self.observer {
+            let failure = match &outcome {
+                Some(Ok(error)) => CreateFailure::Error(error),
+                Some(Err(error)) => CreateFailure::Error(&**error),
+                None => CreateFailure::TimedOut,
+            };
+            observer.on_create_failure(now.saturating_duration_since(started), failure);
+        }
         outcome
     }
 
@@ -646,9 +649,6 @@ impl<M: ConnectionManager> Shared<M> {
     /// the governor held back.
     pub(crate) fn create_succeeded(&self, started: Instant, now: Instant) {
         Stats::bump(&self.stats.created);
-        if let Some(observer) = &self.observer {
-            observer.on_create(now.saturating_duration_since(started));
-        }
         if self.governor.succeeded() {
             log::info!(
                 "{}: creating connections works again; waiters {}",
@@ -656,6 +656,11 @@ impl<M: ConnectionManager> Shared<M> {
                 self.waitlist.waiting(),
             );
             self.waitlist.wake_all();
+        }
+        // After the governor: the observer is user code, and should it panic, the backend
+        // still worked, so the pool must stop holding creations back.
+        if let Some(observer) = &self.observer {
+            observer.on_create(now.saturating_duration_since(started));
         }
     }
 

@@ -301,3 +301,93 @@ fn while_a_probe_is_in_flight_a_freed_slot_does_not_send_the_oldest_waiter_to_th
     );
     drop(first_got);
 }
+
+/// An observer that panics in `on_create` or `on_create_failure` once armed, a single time.
+#[derive(Default)]
+struct PanicsOnce {
+    on_create: std::sync::atomic::AtomicBool,
+    on_create_failure: std::sync::atomic::AtomicBool,
+}
+
+impl connection_pool::PoolObserver for PanicsOnce {
+    fn on_create(&self, _took: Duration) {
+        assert!(
+            !self.on_create.swap(false, Ordering::SeqCst),
+            "on_create panics on purpose"
+        );
+    }
+
+    fn on_create_failure(&self, _took: Duration, _failure: connection_pool::CreateFailure<'_>) {
+        assert!(
+            !self.on_create_failure.swap(false, Ordering::SeqCst),
+            "on_create_failure panics on purpose"
+        );
+    }
+}
+
+fn observed_pool(
+    observer: &Arc<PanicsOnce>,
+) -> (ConnectionPool<TestManager>, TestManager, Arc<ManualClock>) {
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(8)
+        .max_connecting(2)
+        .wait_timeout(Duration::from_secs(30))
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .observer(Arc::clone(observer))
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    (pool, manager, clock)
+}
+
+#[tokio::test]
+async fn an_observer_panicking_on_create_still_ends_the_outage() {
+    let observer = Arc::new(PanicsOnce::default());
+    let (pool, manager, clock) = observed_pool(&observer);
+    manager.counts.set_create(Gate::Fail);
+    let failed = spawn_gets(&pool, 1).pop().unwrap();
+    assert!(matches!(failed.await.unwrap(), Err(PoolError::Backend(_))));
+    // The backend is back; after the backoff a probe's creation succeeds, and the observer
+    // panics over it.
+    manager.counts.set_create(Gate::Ok);
+    observer.on_create.store(true, Ordering::SeqCst);
+    clock.advance(CREATE_BACKOFF_MAX * 2);
+    let probe = spawn_gets(&pool, 1).pop().unwrap();
+    assert!(
+        probe.await.unwrap_err().is_panic(),
+        "the panic reaches the caller"
+    );
+    assert_eq!(pool.status().counters.created, 1);
+    // The governor knows the backend works: creations run max_connecting at a time again,
+    // not one probe at a time.
+    manager.counts.set_create(Gate::Hang);
+    let creating = spawn_gets(&pool, 2);
+    eventually("two creations at once", || {
+        manager.counts.connecting.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    creating.iter().for_each(tokio::task::JoinHandle::abort);
+}
+
+#[tokio::test]
+async fn an_observer_panicking_on_a_create_failure_still_starts_the_backoff() {
+    let observer = Arc::new(PanicsOnce::default());
+    let (pool, manager, _clock) = observed_pool(&observer);
+    manager.counts.set_create(Gate::Fail);
+    observer.on_create_failure.store(true, Ordering::SeqCst);
+    let first = spawn_gets(&pool, 1).pop().unwrap();
+    assert!(
+        first.await.unwrap_err().is_panic(),
+        "the panic reaches the caller"
+    );
+    assert_eq!(pool.status().size, 0, "the failed creation's slot is free");
+    // The failure was recorded: the next caller waits out the backoff (the clock stands
+    // still) instead of dialling a backend that just failed.
+    let second = spawn_gets(&pool, 1).pop().unwrap();
+    eventually("the next caller waits", || pool.status().waiters == 1).await;
+    assert_eq!(manager.counts.create_calls(), 1);
+    second.abort();
+}
