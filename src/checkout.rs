@@ -401,7 +401,8 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
     let mut given_in_line = false;
     // Set once this call's own wait timer told it the deadline passed. Trusted like the timer
     // in step 3: a clock that lags its timers (a coarse one, or one that stands still) would
-    // say there is still time.
+    // say there is still time. (With a clock that stands still for good, each later step
+    // still gets a whole timeout: `Runtime::now` says so.)
     let mut deadline_passed = false;
     loop {
         // When the governor holds creation back until an instant, wake then to try again.

@@ -72,6 +72,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// The current time. Deadlines are measured with it, and so are idle times and lifetimes
     /// unless [`coarse_now`](Self::coarse_now) is overridden (as `TokioRuntime` and
     /// `SmolRuntime` do), so a test runtime can drive them all with a manual clock.
+    ///
+    /// It must move with [`sleep`](Self::sleep)'s timers. Each step of a `get_connection`
+    /// call (waiting, creating, checking) arms a timer for what this clock says is left of
+    /// the call's time, so with a clock that stands still a call that goes through several
+    /// steps can wait a whole timeout in each.
     fn now(&self) -> Instant {
         Instant::now()
     }
@@ -136,7 +141,17 @@ async fn bounded<F: Future>(
     let (Some(runtime), Some(limit)) = (runtime, limit) else {
         return Ok(future.await);
     };
-    let timer = runtime.sleep(limit.saturating_duration_since(runtime.now()));
+    let left = limit.saturating_duration_since(runtime.now());
+    if left.is_zero() {
+        // Already over. A timer armed for no time at all is not ready at once on every runtime
+        // (tokio rounds it up to its next millisecond tick), and meanwhile the work could be
+        // polled again and again: a zero timeout promises one poll.
+        if timer_first {
+            return Err(Elapsed);
+        }
+        return futures_lite::future::poll_once(future).await.ok_or(Elapsed);
+    }
+    let timer = runtime.sleep(left);
     let work = async { Ok(future.await) };
     let expiry = async {
         timer.await;

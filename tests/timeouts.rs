@@ -395,6 +395,56 @@ async fn a_slot_granted_as_the_deadline_passes_is_passed_on_not_dialled_with() {
     assert_eq!((status.size, status.connecting), (0, 0), "{status:?}");
 }
 
+/// A pool on tokio's own timers, which round a zero-length sleep up to the next millisecond.
+fn pool_on_tokio_timers(manager: &TestManager) -> ConnectionPool<TestManager> {
+    ConnectionPool::builder(manager.clone())
+        .max_size(1)
+        .validation(ValidationPolicy::Always)
+        .cleanup_interval(None)
+        .runtime(RealRuntime)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_zero_timeout_polls_a_creation_once_even_where_a_zero_timer_is_not_ready_at_once() {
+    let manager = TestManager::new();
+    let pool = pool_on_tokio_timers(&manager);
+    // The creation is pending on its first poll and fails on its second.
+    manager.counts.set_create(Gate::Fail);
+    let result = pool
+        .get_connection_timeout(Duration::ZERO)
+        .await
+        .map(|c| c.id);
+    assert_eq!(phase(result), TimeoutPhase::Creating);
+    assert_eq!(
+        pool.status().counters.create_failures,
+        0,
+        "an attempt the call's own deadline cut short is no failure of the backend"
+    );
+    assert_eq!(pool.status().size, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_zero_timeout_polls_a_check_once_even_where_a_zero_timer_is_not_ready_at_once() {
+    let manager = TestManager::new();
+    let pool = pool_on_tokio_timers(&manager);
+    drop(pool.get_connection().await.unwrap());
+    // The check is pending on its first poll and fails on its second.
+    manager.counts.set_validate(Gate::Fail);
+    let result = pool
+        .get_connection_timeout(Duration::ZERO)
+        .await
+        .map(|c| c.id);
+    assert_eq!(phase(result), TimeoutPhase::Validating);
+    let destroyed = pool.status().counters.destroyed;
+    assert_eq!(
+        (destroyed.validation_aborted, destroyed.validation_failed),
+        (1, 0),
+        "the check was cut short after one poll, not failed on a second"
+    );
+}
+
 #[tokio::test]
 async fn a_zero_timeout_still_checks_an_idle_connection_that_answers_at_once() {
     let (pool, manager, _clock) = pool(1);
