@@ -655,6 +655,10 @@ impl<M: ConnectionManager> Shared<M> {
                 self.config.name,
                 self.waitlist.waiting(),
             );
+            // As in `create_failed`: the governor's new state before the look at the wait
+            // list, pairing with the fence a new waiter issues after publishing its place, so
+            // that a waiter this pass misses has seen the recovery itself.
+            fence(Ordering::SeqCst);
             self.waitlist.wake_all();
         }
         // After the governor: the observer is user code, and should it panic, the backend
