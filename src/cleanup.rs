@@ -390,6 +390,11 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// [`PoolError::Config`] for an interval below 1 ms or too large to add to the clock,
     /// [`PoolError::NoRuntime`] on a pool built without a runtime, [`PoolError::Closed`] on a
     /// closed pool.
+    ///
+    /// # Panics
+    ///
+    /// If the runtime's `spawn` panics. The old task has been told to stop by then, so the
+    /// pool is left with none; call this again once the runtime can spawn.
     pub fn restart_cleanup_task(&self, interval: Duration) -> Result<(), PoolError<M::Error>> {
         crate::config::check_cleanup_interval(interval, "call stop_cleanup_task to stop the task")?;
         self.runtime_or_err("restart_cleanup_task")?;
