@@ -114,7 +114,7 @@ mod shouty {
         /// Cancelling it mid-request may leave the reply in flight, so until the reply is in,
         /// the connection is marked failed and would be destroyed, not handed to the next
         /// caller with a stale reply waiting. The PING/PONG check before every reuse cannot
-        /// catch that on its own: a late reply to `ping` reads just like its `PONG`.
+        /// catch that on its own: a late reply to a shouted `pong` reads just like its `PONG`.
         pub async fn shout(&self, words: &str) -> Result<String, Error> {
             let mut conn = self.pool.get_connection().await?;
             let mut request = InFlight {

@@ -185,10 +185,27 @@ impl<H: HealthCheck> ConnectionManager for TcpConnectionManager<H> {
     }
 
     /// Runs the health check; a failure also marks the connection failed.
+    ///
+    /// A connection the check passed goes to the caller as the check left it, without the
+    /// return-time look of [`has_broken`](ConnectionManager::has_broken), so that look is taken
+    /// here: the check fails if the connection saw an error or an end of stream, or if bytes
+    /// are left in its read buffer (more than the check's reply; the caller would read them
+    /// as the reply to its own request). The check's own writes count as answered: a request
+    /// the server does not answer (a no-op) is no reply still on its way.
     async fn is_valid(&self, conn: &mut TcpConnection) -> io::Result<()> {
-        let result = self.health_check.check(conn).await;
-        if result.is_err() {
-            conn.failed = true;
+        let mut result = self.health_check.check(conn).await;
+        if result.is_ok() {
+            if conn.failed {
+                result = Err(io::Error::other(
+                    "the connection failed during a health check that passed",
+                ));
+            } else if !conn.buffered().is_empty() {
+                result = Err(unexpected_bytes(conn.buffered().len()));
+            }
+        }
+        match result {
+            Ok(()) => conn.unanswered = false,
+            Err(_) => conn.failed = true,
         }
         result
     }
@@ -417,7 +434,8 @@ impl AsyncWrite for TcpConnection {
 /// # let _ = manager;
 /// ```
 pub trait HealthCheck: Send + Sync + 'static {
-    /// Checks that `conn` still works; an error has the connection destroyed.
+    /// Checks that `conn` still works; an error has the connection destroyed. The manager
+    /// also fails a check that passed but left bytes unread or saw the connection fail.
     fn check(&self, conn: &mut TcpConnection) -> impl Future<Output = io::Result<()>> + Send;
 }
 

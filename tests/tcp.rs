@@ -6,7 +6,7 @@
 #![cfg(all(feature = "tcp", feature = "tokio"))]
 
 use connection_pool::{
-    ConnectionPool, TcpConnection, TcpConnectionManager, TokioRuntime, ValidationPolicy,
+    ConnectionPool, PingPong, TcpConnection, TcpConnectionManager, TokioRuntime, ValidationPolicy,
 };
 use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
 use std::{
@@ -164,4 +164,52 @@ async fn the_socket_handle_is_the_connections_own() {
     let socket = std::net::TcpStream::from(conn.as_fd().try_clone_to_owned().unwrap());
     assert_eq!(socket.peer_addr().unwrap(), conn.peer_addr().unwrap());
     assert_eq!(socket.local_addr().unwrap(), conn.local_addr().unwrap());
+}
+
+#[tokio::test]
+async fn a_check_that_passes_with_bytes_left_over_fails_and_the_caller_gets_a_clean_connection() {
+    let server = LineServer::start();
+    // The server answers `TWO` with two lines in one write: the check reads the first and
+    // leaves the second in the read buffer.
+    let manager =
+        TcpConnectionManager::new(server.addr).health_check(PingPong::new("TWO\n", "one\n"));
+    let pool = ConnectionPool::builder(manager)
+        .max_size(1)
+        .validation(ValidationPolicy::Always)
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap();
+    let first = pool.get_connection().await.unwrap().local_addr().unwrap();
+    let mut conn = pool.get_connection().await.unwrap();
+    assert!(conn.buffered().is_empty(), "{:?}", conn.buffered());
+    assert_ne!(conn.local_addr().unwrap(), first, "a new connection");
+    assert_eq!(request(&mut conn, "mine").await, "mine\n", "not `two`");
+    assert_eq!(pool.status().counters.destroyed.validation_failed, 1);
+}
+
+#[tokio::test]
+async fn a_check_whose_request_gets_no_reply_does_not_make_the_connection_look_broken() {
+    // A server that accepts and never writes: the check's request is a no-op to it.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The thread, and the sockets it keeps open, end with the test process.
+    thread::spawn(move || {
+        let mut open = Vec::new();
+        for socket in listener.incoming().flatten() {
+            open.push(socket);
+        }
+    });
+    let manager = TcpConnectionManager::new(addr).health_check(PingPong::new("NOOP\n", ""));
+    let pool = ConnectionPool::builder(manager)
+        .max_size(1)
+        .validation(ValidationPolicy::Always)
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap();
+    let first = pool.get_connection().await.unwrap().local_addr().unwrap();
+    for _ in 0..3 {
+        let conn = pool.get_connection().await.unwrap();
+        assert_eq!(conn.local_addr().unwrap(), first, "the same connection");
+    }
+    assert_eq!(pool.status().counters.destroyed.broken, 0);
 }
