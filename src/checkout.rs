@@ -622,10 +622,9 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                             return Err(PoolError::Closed);
                         }
                         log::debug!(
-                            "{}: created a connection; size {}, waiters {}",
+                            "{}: created a connection; {}",
                             shared.config.name,
-                            shared.size(),
-                            shared.waitlist.waiting(),
+                            shared.occupancy(),
                         );
                         Ok(Shared::hand_out(shared, conn, location, begun))
                     }

@@ -352,8 +352,8 @@ impl<M: ConnectionManager> Shared<M> {
     /// Reports a panic the cleanup task caught in user code; the task goes on at its next tick.
     fn background_panicked(&self, work: &str) {
         log::warn!(
-            "{}: the {work} of the cleanup task panicked (in create_connection, an observer or \
-             the runtime's clock); it runs again at the next tick; {}",
+            "{}: the {work} of the cleanup task panicked (in create_connection, an observer, or \
+             the runtime's clock or timer); it runs again at the next tick; {}",
             self.config.name,
             self.occupancy(),
         );

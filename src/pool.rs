@@ -626,11 +626,9 @@ impl<M: ConnectionManager> Shared<M> {
         fence(Ordering::SeqCst);
         self.waitlist.wake_all();
         log::warn!(
-            "{}: could not create a connection ({kind}, {failures} in a row): {message}; size {}, \
-             waiters {}",
+            "{}: could not create a connection ({kind}, {failures} in a row): {message}; {}",
             self.config.name,
-            self.size(),
-            self.waitlist.waiting(),
+            self.occupancy(),
         );
         // Last, as the observer is user code: should it panic, the failure is recorded (the
         // backoff holds), the slot is free and the waiters are awake.
@@ -651,9 +649,9 @@ impl<M: ConnectionManager> Shared<M> {
         Stats::bump(&self.stats.created);
         if self.governor.succeeded() {
             log::info!(
-                "{}: creating connections works again; waiters {}",
+                "{}: creating connections works again; {}",
                 self.config.name,
-                self.waitlist.waiting(),
+                self.occupancy(),
             );
             // As in `create_failed`: the governor's new state before the look at the wait
             // list, pairing with the fence a new waiter issues after publishing its place, so
@@ -924,9 +922,9 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
                 log::debug!(
                     "{}: a creation outlived its caller's deadline (a get's wait_timeout, or \
                      the give-up time of a min_idle top-up without connection_timeout); \
-                     the attempt is dropped (not counted as a failure); size {}",
+                     the attempt is dropped (not counted as a failure); {}",
                     shared.config.name,
-                    shared.size(),
+                    shared.occupancy(),
                 );
                 drop(self);
                 return Err(None);

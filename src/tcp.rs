@@ -187,11 +187,13 @@ impl<H: HealthCheck> ConnectionManager for TcpConnectionManager<H> {
     /// Runs the health check; a failure also marks the connection failed.
     ///
     /// A connection the check passed goes to the caller as the check left it, without the
-    /// return-time look of [`has_broken`](ConnectionManager::has_broken), so that look is taken
-    /// here: the check fails if the connection saw an error or an end of stream, or if bytes
-    /// are left in its read buffer (more than the check's reply; the caller would read them
-    /// as the reply to its own request). The check's own writes count as answered: a request
-    /// the server does not answer (a no-op) is no reply still on its way.
+    /// return-time look of [`has_broken`](ConnectionManager::has_broken), so part of that look
+    /// is taken here: the check fails if the connection saw an error or an end of stream, or
+    /// if bytes are left in its read buffer (more than the check's reply; the caller would
+    /// read them as the reply to its own request). A check that writes and reads nothing
+    /// after leaves the connection marked as awaiting a reply, so it is destroyed if returned
+    /// untouched (see [`expect_replies`](Self::expect_replies)); [`PingPong`] with an empty
+    /// reply counts its request as answered.
     async fn is_valid(&self, conn: &mut TcpConnection) -> io::Result<()> {
         let mut result = self.health_check.check(conn).await;
         if result.is_ok() {
@@ -203,9 +205,8 @@ impl<H: HealthCheck> ConnectionManager for TcpConnectionManager<H> {
                 result = Err(unexpected_bytes(conn.buffered().len()));
             }
         }
-        match result {
-            Ok(()) => conn.unanswered = false,
-            Err(_) => conn.failed = true,
+        if result.is_err() {
+            conn.failed = true;
         }
         result
     }
@@ -435,7 +436,9 @@ impl AsyncWrite for TcpConnection {
 /// ```
 pub trait HealthCheck: Send + Sync + 'static {
     /// Checks that `conn` still works; an error has the connection destroyed. The manager
-    /// also fails a check that passed but left bytes unread or saw the connection fail.
+    /// also fails a check that passed but left bytes unread or saw the connection fail. A
+    /// check that writes a request and reads none of its reply leaves the connection marked
+    /// as awaiting one: returned untouched, it is destroyed.
     fn check(&self, conn: &mut TcpConnection) -> impl Future<Output = io::Result<()>> + Send;
 }
 
@@ -511,6 +514,9 @@ impl HealthCheck for PingPong {
         let mut reply = vec![0; self.reply.len()];
         conn.read_exact(&mut reply).await?;
         if *reply == *self.reply {
+            // The whole reply is in (an empty one: the server answers nothing), so no reply to
+            // this request is still on its way.
+            conn.unanswered = false;
             Ok(())
         } else {
             // Not the bytes themselves: they may be a late reply to another user's request,

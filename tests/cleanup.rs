@@ -634,3 +634,28 @@ async fn a_timer_that_keeps_panicking_ends_the_cleanup_task_after_a_few_tries() 
         eventually("the new task runs", || running(&spawned) == 1).await;
     }
 }
+
+#[tokio::test]
+async fn timer_panics_with_a_working_timer_between_them_do_not_add_up() {
+    for on_poll in [false, true] {
+        let (manager, clock) = (TestManager::new(), ManualClock::new());
+        let runtime = FlakyTimers::new(&clock);
+        let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
+        let pool = one_permit(&manager, 4, 1, 30 * SECOND)
+            .runtime(runtime)
+            .build()
+            .unwrap();
+        topped_up_and_asleep(&pool, &clock, 1).await;
+        // Two failures, a timer that works, two failures: never three in a row.
+        for round in 0..2 {
+            faults.fail(2, on_poll);
+            let asked = faults.sleeps.load(Ordering::SeqCst);
+            clock.advance(30 * SECOND);
+            eventually("two failed timers, then one that sleeps", || {
+                faults.sleeps.load(Ordering::SeqCst) >= asked + 3 && clock.sleepers() == 1
+            })
+            .await;
+            assert_eq!(running(&spawned), 1, "on_poll {on_poll}, round {round}");
+        }
+    }
+}

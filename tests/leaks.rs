@@ -195,6 +195,34 @@ async fn a_timer_or_clock_that_panics_once_does_not_end_the_leak_watcher() {
     }
 }
 
+#[tokio::test]
+async fn timer_panics_with_a_working_timer_between_them_do_not_end_the_leak_watcher() {
+    let clock = ManualClock::new();
+    let runtime = FlakyTimers::new(&clock);
+    let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
+    let pool = ConnectionPool::builder(TestManager::new())
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .leak_detection_threshold(Duration::from_secs(10))
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    common::eventually("the watcher sleeps", || clock.sleepers() == 1).await;
+    // Two failures, a timer that works, two failures: never three in a row.
+    for round in 0..2 {
+        faults.fail(2, false);
+        let asked = faults.sleeps.load(std::sync::atomic::Ordering::SeqCst);
+        clock.advance(Duration::from_secs(5));
+        common::eventually("two failed timers, then one that sleeps", || {
+            faults.sleeps.load(std::sync::atomic::Ordering::SeqCst) >= asked + 3
+                && clock.sleepers() == 1
+        })
+        .await;
+        assert_eq!(running(&spawned), 1, "round {round}");
+    }
+    drop(pool);
+}
+
 #[test]
 fn leak_detection_needs_a_runtime_and_a_nonzero_threshold() {
     let refused = ConnectionPool::builder(TestManager::new())

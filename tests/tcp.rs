@@ -213,3 +213,33 @@ async fn a_check_whose_request_gets_no_reply_does_not_make_the_connection_look_b
     }
     assert_eq!(pool.status().counters.destroyed.broken, 0);
 }
+
+/// A custom check that writes a request and reads nothing of its reply.
+struct WriteOnly;
+
+impl connection_pool::HealthCheck for WriteOnly {
+    async fn check(&self, conn: &mut TcpConnection) -> std::io::Result<()> {
+        conn.write_all(b"LATE\n").await?;
+        conn.flush().await
+    }
+}
+
+#[tokio::test]
+async fn a_check_whose_reply_is_still_on_its_way_does_not_reach_the_next_user() {
+    let server = LineServer::start();
+    let manager = TcpConnectionManager::new(server.addr).health_check(WriteOnly);
+    let pool = ConnectionPool::builder(manager)
+        .max_size(1)
+        .validation(ValidationPolicy::Always)
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap();
+    drop(pool.get_connection().await.unwrap());
+    // Checked (the server will answer `LATE`), then returned untouched: destroyed, since the
+    // reply is on its way. try_get_connection never checks, so it would hand that reply over.
+    drop(pool.get_connection().await.unwrap());
+    assert_eq!(pool.status().counters.destroyed.broken, 1);
+    assert!(pool.try_get_connection().is_none());
+    let mut conn = pool.get_connection().await.unwrap();
+    assert_eq!(request(&mut conn, "mine").await, "mine\n");
+}
