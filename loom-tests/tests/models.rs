@@ -123,11 +123,11 @@ fn m3_a_woken_then_cancelled_waiter_passes_the_wake_up_on() {
     });
 }
 
-/// 3b. As 3, but the held connection comes back broken, so the waiter at the front is woken
-///     for the freed slot rather than served: if it is cancelled then, it must pass the
-///     wake-up on, or the other waiter sleeps beside the free slot.
+/// 3b. As 3, but the held connection comes back broken, so the waiter at the front is granted
+///     the freed slot and a connect permit rather than served: if it is cancelled then, it
+///     must pass the grant on, or the other waiter sleeps beside the free slot.
 #[test]
-fn m3b_a_waiter_woken_for_a_free_slot_then_cancelled_passes_the_wake_up_on() {
+fn m3b_a_waiter_granted_a_free_slot_then_cancelled_passes_the_grant_on() {
     check("m3b woken for a slot then cancelled", || {
         let pool = pool(1, ModelManager::new(&[]));
         let counts = pool.manager().counts.clone();
@@ -144,6 +144,65 @@ fn m3b_a_waiter_woken_for_a_free_slot_then_cancelled_passes_the_wake_up_on() {
         waiter.join().unwrap().expect("the waiter is served");
 
         assert!(counts.peak() <= 1, "never two connections on max_size 1");
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 3c. As 3b, but while creations fail, so the waiter at the front is only woken, not
+///     granted anything. Freed capacity is granted, so the one wake-up that can strand a
+///     waiter if dropped is the one `Shared::wake_creator` sends while creations fail: to the
+///     oldest waiter, for a slot freed with no creation in flight. A first create fails (the
+///     governor then allows one creation at a time, and there is no runtime, so no backoff);
+///     the main thread's call begins a creation that yields once and is dropped mid-create,
+///     which frees its slot and permit and wakes the oldest waiter; one thread's call is
+///     polled once and cancelled; another's must be served. If the cancelled call was the one
+///     woken and drops the wake-up, the last call sleeps beside a free slot with nothing in
+///     flight: a loom deadlock.
+#[test]
+fn m3c_a_waiter_woken_while_creations_fail_then_cancelled_passes_the_wake_up_on() {
+    check("m3c woken while failing, then cancelled", || {
+        let pool = pool(
+            1,
+            ModelManager::new(&[
+                Create::Fail,
+                Create::PendOnce,
+                Create::PendOnce,
+                Create::PendOnce,
+            ]),
+        );
+        let counts = pool.manager().counts.clone();
+        assert!(matches!(get(&pool), Err(PoolError::Backend(_))));
+
+        let cancelled = spawn_get_cancelled_after_one_poll(&pool);
+        let waiter = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let conn = get_owned(&pool).expect("the last call is served");
+                conn.claim();
+                conn.unclaim();
+                conn
+            })
+        };
+        {
+            let mut probe = Box::pin(pool.get_connection());
+            let _ = poll_once_then_drop(probe.as_mut());
+            thread::yield_now();
+            drop(probe);
+        }
+        cancelled.join().unwrap();
+        let conn = waiter.join().unwrap();
+
+        assert_eq!(
+            counts.peak_creating(),
+            1,
+            "one creation at a time while failing"
+        );
+        assert_eq!(counts.peak(), 1, "never two connections on max_size 1");
+        let status = pool.status();
+        assert_eq!(status.size, counts.live(), "pool and manager agree");
+        assert_eq!((status.connecting, status.waiters), (0, 0));
+        drop(conn);
         drop(pool);
         assert_eq!(counts.live(), 0);
     });
@@ -515,14 +574,16 @@ fn m10_an_abandoned_slot_left_in_the_queue_is_skipped() {
     });
 }
 
-/// 11. A waiter that leaves the line to create passes on a wake-up it got meanwhile. On
+/// 11. A waiter that leaves the line to create passes on a grant it got meanwhile. On
 ///     `max_size` 2 with both connections held and two waiters, both held connections are
 ///     destroyed. The first creation blocks until some waiter is served, so only the second
 ///     freed slot can serve one. If the older waiter takes the first freed slot to create and
-///     is then woken for the second, that wake-up must reach the other waiter, or it sleeps
-///     beside a free slot for as long as the first creation takes (here: forever).
+///     is then granted the second, that grant must reach the other waiter, or it sleeps
+///     beside a free slot for as long as the first creation takes (here: forever). (Written
+///     when freed slots sent wake-ups; a wake-up dropped there is harmless now, since while
+///     creations fail the waiter's own creation is the one allowed, and its end wakes.)
 #[test]
-fn m11_a_waiter_that_leaves_the_line_to_create_passes_its_wake_up_on() {
+fn m11_a_waiter_that_leaves_the_line_to_create_passes_its_grant_on() {
     check("m11 wake-up passed on by a creating waiter", || {
         use loom::sync::{Arc as LArc, Condvar, Mutex as LMutex};
         let pool = pool(
