@@ -208,6 +208,81 @@ fn m3c_a_waiter_woken_while_creations_fail_then_cancelled_passes_the_wake_up_on(
     });
 }
 
+/// 3d. As 3c, but the woken waiter's deadline passes as it is woken, instead of it being
+///     cancelled: the call ends with a timeout and must still pass the wake-up on. The pool
+///     runs on a [`ModelRuntime`], `max_size` 1, 10 s `wait_timeout`. A first create fails at
+///     0 s; the clock moves to 1 s, past the governor's delay, so that the next creation is a
+///     probe and no waiter holds a backoff timer that would rescue it. The main thread's probe
+///     is polled once (its create yields) while two calls park: one with a 1 s timeout, one
+///     with the pool's 10 s. The main thread drops the probe (its slot and permit come free
+///     with no creation in flight, so `Shared::wake_creator` wakes the oldest waiter) and
+///     moves the clock to 5 s, so that the 1 s call's timer fires too. Whichever call was
+///     woken, the 10 s call is served: if the timed-out one drops the wake-up, the 10 s call
+///     sleeps beside a free slot until 11 s, which never comes (a loom deadlock).
+#[test]
+fn m3d_a_waiter_woken_while_creations_fail_as_its_deadline_passes_passes_the_wake_up_on() {
+    check("m3d woken while failing, deadline passing", || {
+        let runtime = ModelRuntime::new();
+        let clock = runtime.clock();
+        let pool = timed_pool(
+            1,
+            Duration::from_secs(10),
+            ValidationPolicy::Never,
+            runtime,
+            ModelManager::new(&[Create::Fail, Create::PendOnce]),
+        );
+        let counts = pool.manager().counts.clone();
+        assert!(matches!(get(&pool), Err(PoolError::Backend(_))));
+        clock.advance_to(Duration::from_secs(1));
+        let mut probe = Box::pin(pool.get_connection());
+        assert!(
+            poll_once_then_drop(probe.as_mut()).is_pending(),
+            "the probe is creating"
+        );
+
+        let impatient = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                match loom::future::block_on(pool.get_connection_timeout(Duration::from_secs(1))) {
+                    Ok(conn) => {
+                        conn.claim();
+                        conn.unclaim();
+                    }
+                    Err(PoolError::Timeout {
+                        phase: TimeoutPhase::Waiting,
+                        ..
+                    }) => {}
+                    Err(other) => panic!("the 1 s call ended with {other:?}"),
+                }
+            })
+        };
+        let patient = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let conn = get(&pool).expect("the 10 s call is served");
+                conn.claim();
+                conn.unclaim();
+            })
+        };
+        drop(probe);
+        clock.advance_to(Duration::from_secs(5));
+        impatient.join().unwrap();
+        patient.join().unwrap();
+
+        assert_eq!(
+            counts.peak_creating(),
+            1,
+            "one creation at a time while failing"
+        );
+        assert_eq!(counts.peak(), 1, "never two connections on max_size 1");
+        let status = pool.status();
+        assert_eq!(status.size, counts.live(), "pool and manager agree");
+        assert_eq!((status.connecting, status.waiters), (0, 0));
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
 /// 4a. A failing create releases its slot and wakes the waiter parked behind it.
 #[test]
 fn m4a_a_failing_create_releases_its_slot_and_wakes_a_waiter() {
