@@ -8,7 +8,10 @@ use common::{Gate, ManualClock, ManualRuntime, TestManager, advance_until, event
 use connection_pool::{CREATE_BACKOFF_MAX, ConnectionPool, PoolError, ValidationPolicy};
 use futures_lite::future::{block_on, poll_once};
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -390,4 +393,43 @@ async fn an_observer_panicking_on_a_create_failure_still_starts_the_backoff() {
     eventually("the next caller waits", || pool.status().waiters == 1).await;
     assert_eq!(manager.counts.create_calls(), 1);
     second.abort();
+}
+
+#[tokio::test]
+async fn the_first_success_after_failures_wakes_every_waiter_to_create_at_once() {
+    let (pool, manager, clock) = pool(8, 2);
+    manager.counts.set_create(Gate::Fail);
+    assert!(matches!(
+        pool.get_connection().await,
+        Err(PoolError::Backend(_))
+    ));
+    // Past the delay: the next creation is the one probe allowed while failing.
+    clock.advance(CREATE_BACKOFF_MAX * 2);
+    static PROBE_MAY_FINISH: AtomicBool = AtomicBool::new(false);
+    manager
+        .counts
+        .set_create(Gate::Until(|| PROBE_MAY_FINISH.load(Ordering::SeqCst)));
+    // The probe keeps its connection, so the waiters can only be served by creating.
+    let probe = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _conn = pool.get_connection().await.expect("the probe is served");
+            std::future::pending::<()>().await;
+        })
+    };
+    eventually("the probe is creating", || pool.status().connecting == 1).await;
+    // Two calls queue behind the probe, with no backoff timer of their own.
+    manager.counts.set_create(Gate::Hang);
+    let waiters = spawn_gets(&pool, 2);
+    eventually("two calls wait", || pool.status().waiters == 2).await;
+    // The probe succeeds: the backend works, and both waiters create at once (max_connecting
+    // 2), not one after the other.
+    PROBE_MAY_FINISH.store(true, Ordering::SeqCst);
+    eventually("both waiters create", || {
+        manager.counts.connecting.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(pool.status().counters.created, 1);
+    probe.abort();
+    waiters.iter().for_each(tokio::task::JoinHandle::abort);
 }

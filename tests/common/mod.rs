@@ -17,7 +17,7 @@ use std::{
 };
 
 /// What `create_connection` or `is_valid` does next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Gate {
     Ok,
     /// Fails after yielding once, so that a failing call is in flight while others run.
@@ -29,6 +29,9 @@ pub enum Gate {
     Panic,
     /// Completes successfully after a real delay.
     Delay(Duration),
+    /// Completes successfully once the function returns `true` (checked every millisecond):
+    /// a creation the test lets finish when it is ready.
+    Until(fn() -> bool),
 }
 
 #[derive(Debug)]
@@ -168,6 +171,12 @@ async fn pass(gate: Gate) -> Result<(), TestError> {
         Gate::Panic => panic!("test manager panics on purpose"),
         Gate::Delay(d) => {
             async_io_sleep(d).await;
+            Ok(())
+        }
+        Gate::Until(released) => {
+            while !released() {
+                async_io_sleep(Duration::from_millis(1)).await;
+            }
             Ok(())
         }
     }
