@@ -6,6 +6,9 @@
 //! the runtime's timer, alive that long after the pool closed or was dropped, and every
 //! `restart_cleanup_task` would add one more such task. So each sleep is raced against this
 //! signal, which `close`, `stop_cleanup_task` and `restart_cleanup_task` fire.
+//!
+//! The sleep itself is the runtime's code: a panic in making or polling the timer is caught
+//! here, and a loop gives up only after a few in a row (see [`TimerFaults`]).
 
 #[cfg(not(loom))]
 use crate::{
