@@ -580,17 +580,29 @@ async fn a_clock_that_fails_now_and_then_does_not_make_the_cleanup_task_spin() {
     }
 }
 
+/// A pool keeping `min_idle` 1 with a 30 s cleanup interval on [`FlakyTimers`], topped up
+/// and with its cleanup task asleep: the pool, its clock, its timer faults and what it spawned.
+async fn topped_up_on_flaky_timers() -> (
+    ConnectionPool<TestManager>,
+    Arc<ManualClock>,
+    Arc<common::TimerFaults>,
+    Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+) {
+    let clock = ManualClock::new();
+    let runtime = FlakyTimers::new(&clock);
+    let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
+    let pool = one_permit(&TestManager::new(), 4, 1, 30 * SECOND)
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    topped_up_and_asleep(&pool, &clock, 1).await;
+    (pool, clock, faults, spawned)
+}
+
 #[tokio::test]
 async fn a_timer_that_panics_once_does_not_end_the_cleanup_task() {
     for on_poll in [false, true] {
-        let (manager, clock) = (TestManager::new(), ManualClock::new());
-        let runtime = FlakyTimers::new(&clock);
-        let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
-        let pool = one_permit(&manager, 4, 1, 30 * SECOND)
-            .runtime(runtime)
-            .build()
-            .unwrap();
-        topped_up_and_asleep(&pool, &clock, 1).await;
+        let (pool, clock, faults, spawned) = topped_up_on_flaky_timers().await;
         faults.fail(1, on_poll);
         let asked = faults.sleeps.load(Ordering::SeqCst);
         clock.advance(30 * SECOND);
@@ -611,14 +623,7 @@ async fn a_timer_that_panics_once_does_not_end_the_cleanup_task() {
 #[tokio::test]
 async fn a_timer_that_keeps_panicking_ends_the_cleanup_task_after_a_few_tries() {
     for on_poll in [false, true] {
-        let (manager, clock) = (TestManager::new(), ManualClock::new());
-        let runtime = FlakyTimers::new(&clock);
-        let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
-        let pool = one_permit(&manager, 4, 1, 30 * SECOND)
-            .runtime(runtime)
-            .build()
-            .unwrap();
-        topped_up_and_asleep(&pool, &clock, 1).await;
+        let (pool, clock, faults, spawned) = topped_up_on_flaky_timers().await;
         faults.fail(usize::MAX, on_poll);
         let asked = faults.sleeps.load(Ordering::SeqCst);
         clock.advance(30 * SECOND);
@@ -638,14 +643,7 @@ async fn a_timer_that_keeps_panicking_ends_the_cleanup_task_after_a_few_tries() 
 #[tokio::test]
 async fn timer_panics_with_a_working_timer_between_them_do_not_add_up() {
     for on_poll in [false, true] {
-        let (manager, clock) = (TestManager::new(), ManualClock::new());
-        let runtime = FlakyTimers::new(&clock);
-        let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
-        let pool = one_permit(&manager, 4, 1, 30 * SECOND)
-            .runtime(runtime)
-            .build()
-            .unwrap();
-        topped_up_and_asleep(&pool, &clock, 1).await;
+        let (_pool, clock, faults, spawned) = topped_up_on_flaky_timers().await;
         // Two failures, a timer that works, two failures: never three in a row.
         for round in 0..2 {
             faults.fail(2, on_poll);

@@ -6,7 +6,8 @@
 #![cfg(all(feature = "tcp", feature = "tokio"))]
 
 use connection_pool::{
-    ConnectionPool, PingPong, TcpConnection, TcpConnectionManager, TokioRuntime, ValidationPolicy,
+    ConnectionPool, HealthCheck, PingPong, TcpConnection, TcpConnectionManager, TokioRuntime,
+    ValidationPolicy,
 };
 use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
 use std::{
@@ -66,6 +67,18 @@ fn pool(server: &LineServer, validation: ValidationPolicy) -> ConnectionPool<Tcp
     ConnectionPool::builder(TcpConnectionManager::new(server.addr))
         .max_size(1)
         .validation(validation)
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap()
+}
+
+/// One connection, checked by the manager's health check on every checkout.
+fn checked_on_every_checkout<H: HealthCheck>(
+    manager: TcpConnectionManager<H>,
+) -> ConnectionPool<TcpConnectionManager<H>> {
+    ConnectionPool::builder(manager)
+        .max_size(1)
+        .validation(ValidationPolicy::Always)
         .runtime(TokioRuntime::current())
         .build()
         .unwrap()
@@ -173,12 +186,7 @@ async fn a_check_that_passes_with_bytes_left_over_fails_and_the_caller_gets_a_cl
     // leaves the second in the read buffer.
     let manager =
         TcpConnectionManager::new(server.addr).health_check(PingPong::new("TWO\n", "one\n"));
-    let pool = ConnectionPool::builder(manager)
-        .max_size(1)
-        .validation(ValidationPolicy::Always)
-        .runtime(TokioRuntime::current())
-        .build()
-        .unwrap();
+    let pool = checked_on_every_checkout(manager);
     let first = pool.get_connection().await.unwrap().local_addr().unwrap();
     let mut conn = pool.get_connection().await.unwrap();
     assert!(conn.buffered().is_empty(), "{:?}", conn.buffered());
@@ -200,12 +208,7 @@ async fn a_check_whose_request_gets_no_reply_does_not_make_the_connection_look_b
         }
     });
     let manager = TcpConnectionManager::new(addr).health_check(PingPong::new("NOOP\n", ""));
-    let pool = ConnectionPool::builder(manager)
-        .max_size(1)
-        .validation(ValidationPolicy::Always)
-        .runtime(TokioRuntime::current())
-        .build()
-        .unwrap();
+    let pool = checked_on_every_checkout(manager);
     let first = pool.get_connection().await.unwrap().local_addr().unwrap();
     for _ in 0..3 {
         let conn = pool.get_connection().await.unwrap();
@@ -217,7 +220,7 @@ async fn a_check_whose_request_gets_no_reply_does_not_make_the_connection_look_b
 /// A custom check that writes a request and reads nothing of its reply.
 struct WriteOnly;
 
-impl connection_pool::HealthCheck for WriteOnly {
+impl HealthCheck for WriteOnly {
     async fn check(&self, conn: &mut TcpConnection) -> std::io::Result<()> {
         conn.write_all(b"LATE\n").await?;
         conn.flush().await
@@ -228,12 +231,7 @@ impl connection_pool::HealthCheck for WriteOnly {
 async fn a_check_whose_reply_is_still_on_its_way_does_not_reach_the_next_user() {
     let server = LineServer::start();
     let manager = TcpConnectionManager::new(server.addr).health_check(WriteOnly);
-    let pool = ConnectionPool::builder(manager)
-        .max_size(1)
-        .validation(ValidationPolicy::Always)
-        .runtime(TokioRuntime::current())
-        .build()
-        .unwrap();
+    let pool = checked_on_every_checkout(manager);
     drop(pool.get_connection().await.unwrap());
     // Checked (the server will answer `LATE`), then returned untouched: destroyed, since the
     // reply is on its way. try_get_connection never checks, so it would hand that reply over.

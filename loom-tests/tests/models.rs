@@ -240,22 +240,7 @@ fn m3d_a_waiter_woken_while_creations_fail_as_its_deadline_passes_passes_the_wak
             "the probe is creating"
         );
 
-        let impatient = {
-            let pool = pool.clone();
-            thread::spawn(move || {
-                match loom::future::block_on(pool.get_connection_timeout(Duration::from_secs(1))) {
-                    Ok(conn) => {
-                        conn.claim();
-                        conn.unclaim();
-                    }
-                    Err(PoolError::Timeout {
-                        phase: TimeoutPhase::Waiting,
-                        ..
-                    }) => {}
-                    Err(other) => panic!("the 1 s call ended with {other:?}"),
-                }
-            })
-        };
+        let impatient = spawn_get_within_one_second(&pool);
         let patient = {
             let pool = pool.clone();
             thread::spawn(move || {
@@ -699,6 +684,25 @@ fn m11_a_waiter_that_leaves_the_line_to_create_passes_its_grant_on() {
     });
 }
 
+/// A thread asking with a 1 s `get_connection_timeout`: served before its deadline, or
+/// after it with nothing left to do, or a `Waiting` timeout; anything else fails the model.
+fn spawn_get_within_one_second(pool: &ConnectionPool<ModelManager>) -> thread::JoinHandle<()> {
+    let pool = pool.clone();
+    thread::spawn(move || {
+        match loom::future::block_on(pool.get_connection_timeout(Duration::from_secs(1))) {
+            Ok(conn) => {
+                conn.claim();
+                conn.unclaim();
+            }
+            Err(PoolError::Timeout {
+                phase: TimeoutPhase::Waiting,
+                ..
+            }) => {}
+            Err(other) => panic!("the 1 s call ended with {other:?}"),
+        }
+    })
+}
+
 /// 12. A timer fires while a hand-off (12a) or a grant (12b) is in flight. The pool runs on a
 ///     [`ModelRuntime`]; `max_size` 1, the one connection held by the main thread. One thread
 ///     asks with a 1 s `get_connection_timeout`; another moves the clock to 5 s, so that the
@@ -739,23 +743,7 @@ fn timer_fires_during_a_hand_off_or_grant(name: &str, broken: bool) {
             held.mark_broken();
         }
 
-        let impatient = {
-            let pool = pool.clone();
-            thread::spawn(move || {
-                match loom::future::block_on(pool.get_connection_timeout(Duration::from_secs(1))) {
-                    // Served before its deadline, or after it with nothing left to do.
-                    Ok(conn) => {
-                        conn.claim();
-                        conn.unclaim();
-                    }
-                    Err(PoolError::Timeout {
-                        phase: TimeoutPhase::Waiting,
-                        ..
-                    }) => {}
-                    Err(other) => panic!("the 1 s call ended with {other:?}"),
-                }
-            })
-        };
+        let impatient = spawn_get_within_one_second(&pool);
         let patient = {
             let pool = pool.clone();
             thread::spawn(move || {
