@@ -593,6 +593,15 @@ impl<M: ConnectionManager> Shared<M> {
         now: Instant,
     ) -> Option<Result<M::Error, StdArc<M::Error>>> {
         Stats::bump(&self.stats.create_failures);
+        // The error's `Display` and `is_permanent_error` are user code. Should either panic,
+        // the failure is still recorded (with a stand-in message, as transient) so that its
+        // backoff holds, and the panic resumes once the bookkeeping below is done.
+        let mut user_panic = None;
+        let mut guarded = |user_code: &mut dyn FnMut()| {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(user_code)) {
+                user_panic.get_or_insert(panic);
+            }
+        };
         let (message, outcome) = match error {
             None => (
                 format!(
@@ -602,8 +611,11 @@ impl<M: ConnectionManager> Shared<M> {
                 None,
             ),
             Some(error) => {
-                let message = error.to_string();
-                if self.manager.is_permanent_error(&error) {
+                let mut message = String::from("(the error's Display implementation panicked)");
+                guarded(&mut || message = error.to_string());
+                let mut permanent = false;
+                guarded(&mut || permanent = self.manager.is_permanent_error(&error));
+                if permanent {
                     (message, Some(Err(StdArc::new(error))))
                 } else {
                     (message, Some(Ok(error)))
@@ -639,6 +651,9 @@ impl<M: ConnectionManager> Shared<M> {
                 None => CreateFailure::TimedOut,
             };
             observer.on_create_failure(now.saturating_duration_since(started), failure);
+        }
+        if let Some(panic) = user_panic {
+            std::panic::resume_unwind(panic);
         }
         outcome
     }

@@ -395,6 +395,36 @@ async fn an_observer_panicking_on_a_create_failure_still_starts_the_backoff() {
     second.abort();
 }
 
+/// A creation fails through `gate`, whose error panics in the pool's hands: the panic reaches
+/// the caller, and the failure is still recorded as a transient one, so that the next caller
+/// waits out the backoff (the clock stands still) instead of dialling at once or failing fast.
+async fn a_panicking_error_still_starts_the_backoff(gate: Gate) {
+    let (pool, manager, _clock) = pool(8, 2);
+    manager.counts.set_create(gate);
+    let first = spawn_gets(&pool, 1).pop().unwrap();
+    assert!(
+        first.await.unwrap_err().is_panic(),
+        "the panic reaches the caller"
+    );
+    let status = pool.status();
+    assert_eq!(status.size, 0, "the failed creation's slot is free");
+    assert_eq!(status.counters.create_failures, 1);
+    let second = spawn_gets(&pool, 1).pop().unwrap();
+    eventually("the next caller waits", || pool.status().waiters == 1).await;
+    assert_eq!(manager.counts.create_calls(), 1);
+    second.abort();
+}
+
+#[tokio::test]
+async fn an_error_whose_display_panics_still_starts_the_backoff() {
+    a_panicking_error_still_starts_the_backoff(Gate::FailUnprintable).await;
+}
+
+#[tokio::test]
+async fn an_is_permanent_error_that_panics_counts_the_failure_as_transient() {
+    a_panicking_error_still_starts_the_backoff(Gate::FailUnclassifiable).await;
+}
+
 #[tokio::test]
 async fn the_first_success_after_failures_wakes_every_waiter_to_create_at_once() {
     let (pool, manager, clock) = pool(8, 2);

@@ -24,6 +24,10 @@ pub enum Gate {
     Fail,
     /// Fails with an error the manager classifies as permanent (think: wrong password).
     Reject,
+    /// Fails with an error whose `Display` panics.
+    FailUnprintable,
+    /// Fails with an error on which the manager's `is_permanent_error` panics.
+    FailUnclassifiable,
     /// Never completes.
     Hang,
     Panic,
@@ -37,8 +41,15 @@ pub enum Gate {
 #[derive(Debug)]
 pub struct TestError(pub &'static str);
 
+/// The message of [`Gate::FailUnprintable`]'s error.
+const UNPRINTABLE: &str = "unprintable";
+
 impl fmt::Display for TestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        assert_ne!(
+            self.0, UNPRINTABLE,
+            "this error's Display panics on purpose"
+        );
         f.write_str(self.0)
     }
 }
@@ -167,6 +178,8 @@ async fn pass(gate: Gate) -> Result<(), TestError> {
             Err(TestError("refused by the test"))
         }
         Gate::Reject => Err(TestError("rejected: bad password")),
+        Gate::FailUnprintable => Err(TestError(UNPRINTABLE)),
+        Gate::FailUnclassifiable => Err(TestError("unclassifiable")),
         Gate::Hang => std::future::pending().await,
         Gate::Panic => panic!("test manager panics on purpose"),
         Gate::Delay(d) => {
@@ -213,6 +226,10 @@ impl ConnectionManager for TestManager {
     }
 
     fn is_permanent_error(&self, error: &TestError) -> bool {
+        assert_ne!(
+            error.0, "unclassifiable",
+            "is_permanent_error panics on purpose"
+        );
         error.0.starts_with("rejected")
     }
 
