@@ -200,8 +200,10 @@ struct Queued<'a, M: ConnectionManager> {
 }
 
 impl<'a, M: ConnectionManager> Queued<'a, M> {
-    fn register(shared: &'a Shared<M>) -> Self {
-        let (slot, listener) = shared.waitlist.register();
+    /// Takes a place in line; `again` for a call that was in line before (see the wait
+    /// list's front lane).
+    fn register(shared: &'a Shared<M>, again: bool) -> Self {
+        let (slot, listener) = shared.waitlist.register(again);
         Self {
             shared,
             slot,
@@ -637,7 +639,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
 
         // 3. Nothing free: take a place in line, re-check (loop again), only then wait.
         let Some(place) = queued.as_mut() else {
-            queued = Some(Queued::register(shared));
+            queued = Some(Queued::register(shared, counted));
             if !counted {
                 counted = true;
                 Stats::bump(&shared.stats.waited);

@@ -174,3 +174,87 @@ fn a_waiter_whose_connection_fails_validation_creates_with_its_slot_and_keeps_it
     drop(conn);
     assert!(block_on(poll_once(second.as_mut())).is_some());
 }
+
+#[test]
+fn a_waiter_whose_connection_fails_validation_while_every_permit_is_busy_keeps_its_place() {
+    use futures_lite::future::{block_on, poll_once};
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(4)
+        .max_connecting(1)
+        .validation(ValidationPolicy::Always)
+        .no_runtime()
+        .build()
+        .unwrap();
+    let a = block_on(pool.get_connection()).unwrap();
+    let b = block_on(pool.get_connection()).unwrap();
+    // A creation that never ends holds the only connect permit (think: a failover, with
+    // reconnects in flight while the pooled connections are stale).
+    manager.counts.set_create(Gate::Hang);
+    let mut creating = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(creating.as_mut())).is_none());
+    let mut first = Box::pin(pool.get_connection());
+    let mut second = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(first.as_mut())).is_none(), "waits");
+    assert!(block_on(poll_once(second.as_mut())).is_none(), "waits");
+    // The connection reaches the oldest waiter and fails its check there; with no permit
+    // free to create with, that waiter has to queue again.
+    manager.counts.set_validate(Gate::Fail);
+    drop(a);
+    for _ in 0..10 {
+        assert!(block_on(poll_once(first.as_mut())).is_none(), "waits again");
+    }
+    assert_eq!(pool.status().waiters, 2);
+    manager.counts.set_validate(Gate::Ok);
+    // The next connection back goes to it, not to the waiter that queued after it.
+    drop(b);
+    let oldest = block_on(poll_once(first.as_mut()));
+    assert!(matches!(oldest, Some(Ok(_))), "the oldest waiter is served");
+    let younger = block_on(poll_once(second.as_mut()));
+    assert!(
+        younger.is_none(),
+        "the younger one still waits: {younger:?}"
+    );
+}
+
+#[test]
+fn waiters_woken_by_a_failed_creation_stay_ahead_of_callers_that_came_after_them() {
+    use futures_lite::future::{block_on, poll_once};
+    let manager = TestManager::new();
+    // The manual runtime spawns on tokio.
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let _context = tokio.enter();
+    // A clock that stands still: the governor's backoff holds for the whole test.
+    let clock = common::ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(2)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(common::ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    let held = block_on(pool.get_connection()).unwrap();
+    manager.counts.set_create(Gate::Fail);
+    let mut failing = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(failing.as_mut())).is_none(), "creating");
+    let mut first = Box::pin(pool.get_connection());
+    let mut second = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(first.as_mut())).is_none(), "waits");
+    assert!(block_on(poll_once(second.as_mut())).is_none(), "waits");
+    // The creation fails and wakes every waiter to re-check; a caller comes along before
+    // they run, and they queue again (the governor holds creations back).
+    assert!(block_on(poll_once(failing.as_mut())).is_some_and(|got| got.is_err()));
+    let mut newcomer = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(newcomer.as_mut())).is_none(), "waits");
+    assert!(block_on(poll_once(first.as_mut())).is_none(), "waits again");
+    assert!(
+        block_on(poll_once(second.as_mut())).is_none(),
+        "waits again"
+    );
+    assert_eq!(pool.status().waiters, 3);
+    drop(held);
+    let oldest = block_on(poll_once(first.as_mut()));
+    assert!(matches!(oldest, Some(Ok(_))), "the oldest waiter is served");
+    assert!(block_on(poll_once(second.as_mut())).is_none());
+    assert!(block_on(poll_once(newcomer.as_mut())).is_none());
+}
