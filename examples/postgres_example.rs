@@ -6,7 +6,8 @@
 //! `application_name`) and shows the checkout validation replacing them.
 //!
 //! The server: `DATABASE_URL` if set (for example
-//! `postgresql://postgres@127.0.0.1:5432/postgres`). Otherwise the example creates a throwaway
+//! `postgresql://postgres:secret@127.0.0.1:5432/postgres`; Debian's packaged cluster wants a
+//! password on 127.0.0.1, see the README). Otherwise the example creates a throwaway
 //! cluster with `initdb` and serves it with `pg_ctl` on a free loopback port, removing it at the
 //! end; when PostgreSQL is not installed (`apt-get install postgresql-15`) it says so and
 //! exits.

@@ -173,8 +173,9 @@
 //! ```
 //!
 //! Without any runtime, [`Builder::no_runtime`] turns off the timeouts, the cleanup task and
-//! leak detection, and creation retries after failures come without a delay (still one at a
-//! time); getting, returning and waiting still work on any executor.
+//! leak detection, and creation retries after transient failures come without a delay (still
+//! one at a time; a permanent error still fails callers at once until its retry delay has
+//! passed); getting, returning and waiting still work on any executor.
 //!
 //! # In a library
 //!

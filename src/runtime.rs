@@ -27,7 +27,8 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///
 /// # Examples
 ///
-/// A runtime for smol written by hand (the crate's `SmolRuntime` does the same):
+/// A runtime for smol written by hand (the crate's `SmolRuntime` does the same, and also
+/// supplies the cheaper coarse clock through [`coarse_now`](Runtime::coarse_now)):
 ///
 /// ```
 /// use connection_pool::{BoxFuture, Runtime};

@@ -1,7 +1,7 @@
 //! Loom models of the pool's races. Each uses at most 3 threads and `max_size` 1 or 2, drives
 //! the pool's real code through its public API, and asserts on the manager's own count of live
-//! connections. A `get` that can never complete shows up as a loom deadlock. Models 12 run the
-//! pool on a [`ModelRuntime`], whose clock only the model moves; the others have no runtime.
+//! connections. A `get` that can never complete shows up as a loom deadlock. Models 3d and 12 run
+//! the pool on a [`ModelRuntime`], whose clock only the model moves; the others have no runtime.
 //!
 //! Run: `cd loom-tests && RUSTFLAGS="--cfg loom" cargo test --release`
 #![cfg(loom)]
