@@ -155,14 +155,15 @@ impl Config {
         ];
         for (field, duration) in durations {
             if let Some(duration) = duration {
-                let advice = match field {
-                    "wait_timeout" => {
-                        "use None to wait without limit, or try_get_connection() (or, with a \
-                         runtime, get_connection_timeout(Duration::ZERO)) not to wait at all"
-                    }
-                    _ => SET_NONE,
+                let (if_zero, if_too_large) = match field {
+                    "wait_timeout" => (
+                        "use None to wait without limit, or try_get_connection() not to wait \
+                         at all",
+                        "use None to wait without limit",
+                    ),
+                    _ => (SET_NONE, SET_NONE),
                 };
-                check_duration_or(field, duration, advice)?;
+                check_duration_or(field, duration, if_zero, if_too_large)?;
             }
         }
         if let Some(interval) = self.cleanup_interval {
@@ -204,18 +205,21 @@ pub(crate) fn check_cleanup_interval(
             ),
         ));
     }
-    check_duration_or("cleanup_interval", interval, to_turn_off)
+    check_duration_or("cleanup_interval", interval, to_turn_off, to_turn_off)
 }
 
+/// Checks that `duration` is neither zero nor too large to add to the clock; each error ends
+/// with the matching advice.
 fn check_duration_or(
     field: &'static str,
     duration: Duration,
-    to_turn_off: &str,
+    if_zero: &str,
+    if_too_large: &str,
 ) -> Result<(), ConfigError> {
     if duration.is_zero() {
         return Err(ConfigError::new(
             field,
-            format!("must be greater than zero; {to_turn_off}"),
+            format!("must be greater than zero; {if_zero}"),
         ));
     }
     // Deadlines are computed as `now + duration`; refuse values that cannot be represented,
@@ -228,7 +232,7 @@ fn check_duration_or(
         Some(_) => Ok(()),
         None => Err(ConfigError::new(
             field,
-            format!("is too large to add to the clock; {to_turn_off} instead"),
+            format!("is too large to add to the clock; {if_too_large} instead"),
         )),
     }
 }

@@ -4,7 +4,7 @@
 //! cleanup task do, and they reach the executor only through [`Runtime`], so the pool runs on
 //! tokio, smol, async-std or any executor a user can write a dozen lines for.
 
-use std::{future::Future, pin::Pin, time::Duration, time::Instant};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration, time::Instant};
 
 #[cfg(feature = "smol")]
 mod smol;
@@ -105,6 +105,45 @@ pub trait Runtime: Send + Sync + 'static {
     }
 }
 
+/// Implements [`Runtime`] for a smart pointer to one by forwarding every method.
+macro_rules! forward_runtime {
+    ($(#[$doc:meta])* $pointer:ident) => {
+        $(#[$doc])*
+        impl<R: Runtime + ?Sized> Runtime for $pointer<R> {
+            fn spawn(&self, task: BoxFuture<()>) {
+                (**self).spawn(task);
+            }
+
+            fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+                (**self).sleep(duration)
+            }
+
+            fn now(&self) -> Instant {
+                (**self).now()
+            }
+
+            fn coarse_now(&self) -> Instant {
+                (**self).coarse_now()
+            }
+
+            fn coarse_now_is_system_clock(&self) -> bool {
+                (**self).coarse_now_is_system_clock()
+            }
+        }
+    };
+}
+
+forward_runtime!(
+    /// Forwards to the shared runtime, so that one runtime (an `Arc<dyn Runtime>` a library
+    /// keeps, for example) can serve several pools.
+    Arc
+);
+forward_runtime!(
+    /// Forwards to the boxed runtime, so that a `Box<dyn Runtime>` chosen at run time can be
+    /// passed to [`Builder::runtime`](crate::Builder::runtime).
+    Box
+);
+
 /// Why [`run_bounded`] or [`wait_bounded`] gave up on its future.
 pub(crate) struct Elapsed;
 
@@ -162,5 +201,101 @@ async fn bounded<F: Future>(
         futures_lite::future::or(expiry, work).await
     } else {
         futures_lite::future::or(work, expiry).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Arc, BoxFuture, Duration, Instant, Runtime};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A runtime whose every answer differs from the trait's defaults, counting its calls.
+    struct Distinct {
+        origin: Instant,
+        spawned: AtomicUsize,
+        slept: AtomicUsize,
+    }
+
+    impl Runtime for Distinct {
+        fn spawn(&self, _task: BoxFuture<()>) {
+            self.spawned.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn sleep(&self, _duration: Duration) -> BoxFuture<()> {
+            self.slept.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::pending())
+        }
+
+        fn now(&self) -> Instant {
+            self.origin + Duration::from_secs(1)
+        }
+
+        fn coarse_now(&self) -> Instant {
+            self.origin + Duration::from_secs(2)
+        }
+
+        fn coarse_now_is_system_clock(&self) -> bool {
+            true
+        }
+    }
+
+    fn assert_forwards(runtime: &dyn Runtime, inner: &Distinct) {
+        assert_eq!(runtime.now(), inner.origin + Duration::from_secs(1));
+        assert_eq!(runtime.coarse_now(), inner.origin + Duration::from_secs(2));
+        assert!(runtime.coarse_now_is_system_clock());
+        runtime.spawn(Box::pin(async {}));
+        drop(runtime.sleep(Duration::from_secs(1)));
+        assert_eq!(inner.spawned.load(Ordering::SeqCst), 1);
+        assert_eq!(inner.slept.load(Ordering::SeqCst), 1);
+    }
+
+    fn distinct() -> Distinct {
+        Distinct {
+            origin: Instant::now(),
+            spawned: AtomicUsize::new(0),
+            slept: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn an_arc_or_a_box_of_a_runtime_forwards_every_method() {
+        let shared = Arc::new(distinct());
+        let as_dyn: Arc<dyn Runtime> = Arc::clone(&shared) as Arc<dyn Runtime>;
+        assert_forwards(&as_dyn, &shared);
+
+        let inner = Arc::new(distinct());
+        let boxed: Box<dyn Runtime> = Box::new(Arc::clone(&inner));
+        assert_forwards(&boxed, &inner);
+    }
+
+    struct Nothing;
+
+    impl crate::ConnectionManager for Nothing {
+        type Connection = ();
+        type Error = std::convert::Infallible;
+
+        async fn create_connection(&self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+
+        async fn is_valid(&self, _conn: &mut ()) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pools_can_share_one_runtime_behind_an_arc() {
+        let inner = Arc::new(distinct());
+        let runtime: Arc<dyn Runtime> = Arc::clone(&inner) as Arc<dyn Runtime>;
+        let pools: Vec<_> = (0..2)
+            .map(|_| {
+                crate::ConnectionPool::builder(Nothing)
+                    .runtime(Arc::clone(&runtime))
+                    .build()
+                    .expect("valid settings")
+            })
+            .collect();
+        // Each pool spawned its cleanup task on the one runtime.
+        assert_eq!(inner.spawned.load(Ordering::SeqCst), pools.len());
     }
 }

@@ -137,6 +137,13 @@ fn range_errors_say_what_to_use_instead() {
         zero_wait.contains("try_get_connection") && zero_wait.contains("wait without limit"),
         "{zero_wait}"
     );
+    // A wait too long for the clock asks for no limit, and nothing about not waiting.
+    let endless_wait = message(builder().no_runtime().wait_timeout(Duration::MAX).build());
+    assert!(
+        endless_wait.contains("use None to wait without limit instead")
+            && !endless_wait.contains("try_get_connection"),
+        "{endless_wait}"
+    );
 }
 
 #[test]
