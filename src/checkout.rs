@@ -254,7 +254,19 @@ fn timed_out<M: ConnectionManager>(
     if let Some(observer) = &shared.observer {
         observer.on_timeout(phase, shared.now().saturating_duration_since(start));
     }
-    let last_error = shared.create_error_since(start);
+    // With no creation error to report, a wait may still have been on creations in flight
+    // that none finished in time (a backend that does not answer, while the `get` that
+    // started each runs out of time before its connection_timeout counts a failure).
+    let last_error = shared.create_error_since(start).or_else(|| {
+        let connecting = shared.capacity.connecting();
+        (phase == TimeoutPhase::Waiting && connecting > 0).then(|| {
+            format!(
+                "none had finished ({connecting} in progress when this call's time ran out); \
+                 check that the server is reachable and responsive, or allow more time than \
+                 opening a connection takes"
+            )
+        })
+    });
     log::warn!(
         "{}: get_connection timed out {phase}; {}",
         shared.config.name,

@@ -37,7 +37,11 @@ pub enum PoolError<E> {
         phase: TimeoutPhase,
         /// The message of the most recent `create_connection` failure in this pool during the
         /// call, or before it when no creation has succeeded since (the pool is backing off),
-        /// if there was one: it usually explains why no connection became free.
+        /// if there was one: it usually explains why no connection became free. While nothing
+        /// has failed, a creation in this pool dropped unfinished during the call because the
+        /// time of the `get` that made it ran out (a `wait_timeout` shorter than a connect
+        /// takes: not counted as a failure) is reported here instead, and failing that, for a
+        /// call that timed out waiting, how many creations were still in progress.
         last_error: Option<String>,
     },
     /// The manager failed to create a connection.
@@ -71,7 +75,7 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
             PoolError::Timeout { phase, last_error } => {
                 write!(f, "timed out {phase}")?;
                 match last_error {
-                    Some(e) => write!(f, "; the last connection attempt failed with: {e}"),
+                    Some(e) => write!(f, "; the last connection attempt: {e}"),
                     None if *phase == TimeoutPhase::Waiting => f.write_str(
                         "; no connection came free in time (all in use, or being opened \
                          max_connecting at a time): return guards sooner, raise max_size, or \

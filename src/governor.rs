@@ -122,6 +122,24 @@ impl<E> Governor<E> {
         failures
     }
 
+    /// Records a creation dropped unfinished because the time of the call (or top-up) that
+    /// made it ran out. Not a failure: no backoff, no count. But while nothing has failed it
+    /// is the best explanation the other calls' timeouts have, so it is kept as the last
+    /// error; a failure on record is left in place, as it explains more.
+    pub(crate) fn abandoned(&self, now: Instant, message: String) {
+        if let Ok(mut last) = self.last.lock() {
+            // Under the lock: a failure recorded meanwhile (which counts first, then takes
+            // the lock) is either seen here or overwrites this note.
+            if !self.is_failing() {
+                *last = Some(LastFailure {
+                    at: now,
+                    message,
+                    permanent: None,
+                });
+            }
+        }
+    }
+
     /// Records a successful creation. Returns `true` when it ends a run of failures.
     pub(crate) fn succeeded(&self) -> bool {
         if !self.is_failing() {
@@ -189,6 +207,21 @@ mod tests {
         assert!(matches!(governor.admission(later), Admission::Open));
         assert_eq!(governor.error_since(epoch).as_deref(), Some("bad password"));
         assert_eq!(governor.error_since(later), None);
+    }
+
+    #[test]
+    fn a_dropped_attempt_is_reported_until_a_failure_and_never_masks_one() {
+        let epoch = Instant::now();
+        let later = epoch + Duration::from_secs(1);
+        let governor = Governor::<std::io::Error>::new(epoch, true);
+        governor.abandoned(epoch, "dropped".into());
+        assert!(!governor.is_failing(), "no failure, no backoff");
+        assert!(matches!(governor.admission(epoch), Admission::Open));
+        assert_eq!(governor.error_since(epoch).as_deref(), Some("dropped"));
+        assert_eq!(governor.error_since(later), None);
+        governor.failed(later, "refused".into(), None);
+        governor.abandoned(later, "dropped again".into());
+        assert_eq!(governor.error_since(epoch).as_deref(), Some("refused"));
     }
 
     #[test]

@@ -934,6 +934,23 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
             }
             Ok(Err(error)) => Some(error),
             Err(_) if call_deadline_first(call_deadline, timeout_at) => {
+                let connection_timeout = match shared.config.connection_timeout {
+                    Some(limit) => format!("{limit:?}"),
+                    None => "not set".to_owned(),
+                };
+                shared.governor.abandoned(
+                    now,
+                    format!(
+                        "create_connection had not finished after {:?}, when the time limit \
+                         of the call that started it ran out (a get's wait_timeout or \
+                         get_connection_timeout's argument, or a min_idle top-up's give-up \
+                         time; connection_timeout: {connection_timeout}); the attempt was \
+                         dropped, not counted as a failure. Check that the server is reachable \
+                         and responsive, or give calls more time than opening a connection \
+                         takes",
+                        now.saturating_duration_since(started)
+                    ),
+                );
                 log::debug!(
                     "{}: a creation outlived its caller's deadline (a get's wait_timeout, or \
                      the give-up time of a min_idle top-up without connection_timeout); \

@@ -125,9 +125,14 @@ async fn the_wait_deadline_also_bounds_creation() {
                 unreachable!()
             };
             assert_eq!(*phase, TimeoutPhase::Creating);
-            // Nothing failed: blaming connection_timeout would send the user to the wrong
-            // setting.
-            assert_eq!(*last_error, None);
+            // Nothing failed, so nothing blames connection_timeout: the attempt is reported
+            // as dropped when the call's own time ran out.
+            let last_error = last_error.as_deref().expect("the dropped attempt");
+            assert!(
+                last_error.contains("had not finished after")
+                    && last_error.contains("not counted as a failure"),
+                "{last_error}"
+            );
             assert!(e.to_string().contains("wait_timeout"), "{e}");
         }
         other => panic!("expected a timeout, got {other:?}"),
@@ -619,5 +624,43 @@ async fn a_late_hand_off_that_expired_with_no_permit_to_replace_it_ends_the_call
         (1, 1, 0),
         "only the creation in flight"
     );
+    creating.abort();
+}
+
+#[tokio::test]
+async fn a_wait_behind_a_creation_that_does_not_finish_says_so() {
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_connecting(1)
+        .connection_timeout(Duration::from_secs(10))
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    // The backend does not answer: one call creates, holding the only connect permit.
+    manager.counts.set_create(Gate::Hang);
+    let creating = spawn_get(&pool);
+    eventually("create was called", || manager.counts.create_calls() == 1).await;
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.get_connection_timeout(Duration::from_secs(3))
+                .await
+                .map(|c| c.id)
+        })
+    };
+    eventually("the second call waits", || pool.status().waiters == 1).await;
+    clock.advance(Duration::from_secs(4));
+    let result = waiting.await.unwrap();
+    let (phase, last_error) = timeout(result);
+    assert_eq!(phase, TimeoutPhase::Waiting);
+    // Not "all in use: raise max_size": the wait was on a creation that did not finish.
+    let last_error = last_error.expect("the creation in progress");
+    assert!(
+        last_error.contains("1 in progress") && last_error.contains("reachable"),
+        "{last_error}"
+    );
+    assert_eq!(pool.status().counters.create_failures, 0);
     creating.abort();
 }
