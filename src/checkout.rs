@@ -267,7 +267,14 @@ fn timed_out<M: ConnectionManager>(
             )
         })
     });
-    log::warn!(
+    // A zero limit asks "only if one is ready": its timeouts are routine, not a warning.
+    let level = if deadline.wait_timeout == Some(Duration::ZERO) {
+        log::Level::Debug
+    } else {
+        log::Level::Warn
+    };
+    log::log!(
+        level,
         "{}: get_connection timed out {phase}; {}",
         shared.config.name,
         shared.occupancy(),
@@ -541,8 +548,10 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                 }
                 Err(_) => {
                     // The connection did not answer in time: destroyed like one that failed
-                    // its check (it may hold a half-read reply), and the call moves on.
-                    log::debug!(
+                    // its check (it may hold a half-read reply), and the call moves on. A
+                    // warning: the server is not answering, and each such check cost a
+                    // caller the whole validation_timeout.
+                    log::warn!(
                         "{}: idle connection did not pass validation within \
                          validation_timeout ({:?}); destroyed",
                         shared.config.name,
@@ -655,6 +664,11 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             if !counted {
                 counted = true;
                 Stats::bump(&shared.stats.waited);
+                log::debug!(
+                    "{}: no connection free; waiting in line; {}",
+                    shared.config.name,
+                    shared.occupancy(),
+                );
             }
             continue;
         };

@@ -532,7 +532,7 @@ impl<M: ConnectionManager> Shared<M> {
         log::trace!(
             "{}: connection returned; idle {}",
             self.config.name,
-            self.idle.len()
+            IdleCount(&self.idle)
         );
     }
 
@@ -979,6 +979,18 @@ impl<M: ConnectionManager> Drop for Creating<'_, M> {
             self.shared.capacity.abort_create();
             self.shared.wake_creator();
         }
+    }
+}
+
+/// The idle count, read only when a log record is formatted. A `log` macro evaluates its
+/// arguments whenever the global maximum level lets the record through, and a logger raises
+/// that to the most verbose directive it has for any module, so another crate's `trace`
+/// would otherwise put this read on every return.
+struct IdleCount<'a, C>(&'a IdleQueue<C>);
+
+impl<C> fmt::Display for IdleCount<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.len())
     }
 }
 

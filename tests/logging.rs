@@ -1,0 +1,142 @@
+//! What the pool logs, and at which level: faults an operator must see are warnings, routine
+//! events are debug or trace, and each message names its pool and gives its counts.
+
+mod common;
+
+use common::{Gate, ManualClock, ManualRuntime, TestManager, eventually};
+use connection_pool::{ConnectionPool, PoolError, ValidationPolicy};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+/// Keeps every record logged by this test binary, with its level.
+struct Capture(Mutex<Vec<(log::Level, String)>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _metadata: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args().to_string();
+        self.0.lock().unwrap().push((record.level(), message));
+    }
+
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+/// The levels of the records that start with `prefix` (a pool's name, then the event).
+fn levels_of(prefix: &str) -> Vec<log::Level> {
+    records_of(prefix)
+        .into_iter()
+        .map(|(level, _)| level)
+        .collect()
+}
+
+fn records_of(prefix: &str) -> Vec<(log::Level, String)> {
+    CAPTURE
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, message)| message.starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
+/// A pool named `name` (each test its own, as the tests share the logger) on a manual clock.
+fn pool(name: &str) -> (ConnectionPool<TestManager>, TestManager, Arc<ManualClock>) {
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Trace);
+    let manager = TestManager::new();
+    let clock = ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .name(name)
+        .max_size(1)
+        .validation(ValidationPolicy::Always)
+        .validation_timeout(Duration::from_secs(1))
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    (pool, manager, clock)
+}
+
+#[tokio::test]
+async fn a_timeout_is_a_warning_but_a_miss_with_a_zero_limit_is_routine() {
+    let (pool, _manager, clock) = pool("timeouts");
+    let _held = pool.get_connection().await.unwrap();
+    let probe = pool.get_connection_timeout(Duration::ZERO).await;
+    assert!(matches!(probe, Err(PoolError::Timeout { .. })), "{probe:?}");
+    assert_eq!(
+        levels_of("timeouts: get_connection timed out"),
+        [log::Level::Debug]
+    );
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.get_connection_timeout(Duration::from_secs(1))
+                .await
+                .map(|_| ())
+        })
+    };
+    eventually("the call waits", || pool.status().waiters == 1).await;
+    clock.advance(Duration::from_secs(2));
+    assert!(matches!(
+        waiting.await.unwrap(),
+        Err(PoolError::Timeout { .. })
+    ));
+    assert_eq!(
+        levels_of("timeouts: get_connection timed out"),
+        [log::Level::Debug, log::Level::Warn]
+    );
+}
+
+#[tokio::test]
+async fn a_call_that_starts_to_wait_is_logged_once_with_the_counts() {
+    let (pool, _manager, _clock) = pool("waits");
+    let held = pool.get_connection().await.unwrap();
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get_connection().await.map(|_| ()) })
+    };
+    eventually("the call waits", || pool.status().waiters == 1).await;
+    drop(held);
+    waiting.await.unwrap().unwrap();
+    assert_eq!(
+        records_of("waits: no connection free"),
+        [(
+            log::Level::Debug,
+            "waits: no connection free; waiting in line; size 1, idle 0, waiters 1".to_owned()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_check_that_outlives_validation_timeout_is_a_warning() {
+    let (pool, manager, clock) = pool("checks");
+    drop(pool.get_connection().await.unwrap());
+    assert_eq!(
+        records_of("checks: connection returned"),
+        [(
+            log::Level::Trace,
+            "checks: connection returned; idle 1".to_owned()
+        )]
+    );
+    manager.counts.set_validate(Gate::Hang);
+    let getting = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get_connection().await.map(|c| c.id) })
+    };
+    eventually("the check runs", || manager.counts.validations() == 1).await;
+    clock.advance(Duration::from_secs(2));
+    // The call moves on and creates a connection in place of the silent one.
+    assert_eq!(getting.await.unwrap().unwrap(), 1);
+    assert_eq!(
+        levels_of("checks: idle connection did not pass validation"),
+        [log::Level::Warn]
+    );
+}
