@@ -88,7 +88,9 @@ impl<M: ConnectionManager> Builder<M> {
     /// creates the missing ones when it starts and at each tick, and tries again sooner (after
     /// 50 ms, doubling) when other creations in flight took every connect permit or the last
     /// slots. It obeys the connect governor like any caller, but never waits for it: while
-    /// creations fail it tries at the first tick after the backoff delay is over.
+    /// creations fail it tries at the first tick after the backoff delay is over. Unlike
+    /// bb8's, it does not refill as soon as checkouts take idle connections: a burst that
+    /// takes them creates on the callers' path until the next tick.
     pub fn min_idle(mut self, min_idle: usize) -> Self {
         self.config.min_idle = min_idle;
         self
