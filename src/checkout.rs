@@ -98,7 +98,11 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// `Duration::MAX`) means no limit. `Duration::ZERO` takes an idle connection or a free
     /// slot only if that needs no waiting: `is_valid` and `create_connection` are polled once,
     /// and one not ready then is given up (a connection whose check was cut short is
-    /// destroyed, as after any validation timeout).
+    /// destroyed, as after any validation timeout). So with a check that takes a round trip,
+    /// a zero timeout destroys each healthy connection that needed checking (idle past the
+    /// [`ValidationPolicy`](crate::ValidationPolicy)'s threshold); to take an idle connection
+    /// only if one is ready without I/O, use
+    /// [`try_get_connection`](Self::try_get_connection), which checks nothing.
     ///
     /// # Errors
     ///
