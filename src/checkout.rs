@@ -258,25 +258,16 @@ fn timed_out<M: ConnectionManager>(
     if let Some(observer) = &shared.observer {
         observer.on_timeout(phase, shared.now().saturating_duration_since(start));
     }
-    // With no creation error to report, a wait may still have been on creations in flight
-    // that none finished in time (a backend that does not answer, while the `get` that
-    // started each runs out of time before its connection_timeout counts a failure).
-    let last_error = shared.create_error_since(start).or_else(|| {
-        let connecting = shared.capacity.connecting();
-        (phase == TimeoutPhase::Waiting && connecting > 0).then(|| {
-            format!(
-                "none had finished ({connecting} in progress when this call's time ran out); \
-                 check that the server is reachable and responsive, or allow more time than \
-                 opening a connection takes"
-            )
-        })
-    });
-    // A zero limit asks "only if one is ready": its timeouts are routine, not a warning.
-    let level = if deadline.wait_timeout == Some(Duration::ZERO) {
-        log::Level::Debug
-    } else {
-        log::Level::Warn
-    };
+    let last_error = shared.create_error_since(start);
+    // A zero limit asks "only if one is ready": its timeouts are routine, not a warning,
+    // except one that cut a check short, which destroyed a connection that may have been
+    // healthy.
+    let level =
+        if deadline.wait_timeout == Some(Duration::ZERO) && phase != TimeoutPhase::Validating {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
     log::log!(
         level,
         "{}: get_connection timed out {phase}; {}",

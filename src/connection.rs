@@ -273,20 +273,6 @@ impl<M: ConnectionManager> DerefMut for PooledConnection<'_, M> {
     }
 }
 
-/// The connection, for functions generic over `AsRef` (as deadpool's `Object` offers).
-impl<M: ConnectionManager> AsRef<M::Connection> for PooledConnection<'_, M> {
-    fn as_ref(&self) -> &M::Connection {
-        self
-    }
-}
-
-/// The connection, for functions generic over `AsMut`.
-impl<M: ConnectionManager> AsMut<M::Connection> for PooledConnection<'_, M> {
-    fn as_mut(&mut self) -> &mut M::Connection {
-        self
-    }
-}
-
 impl<M: ConnectionManager> Drop for PooledConnection<'_, M> {
     fn drop(&mut self) {
         if self.checkout.is_some() {
@@ -328,20 +314,6 @@ mod tests {
         async fn is_valid(&self, _conn: &mut u64) -> Result<(), Infallible> {
             Ok(())
         }
-    }
-
-    #[test]
-    fn the_guard_lends_its_connection_through_as_ref_and_as_mut() {
-        fn bump(conn: &mut impl AsMut<u64>) {
-            *conn.as_mut() += 1;
-        }
-        let pool = crate::ConnectionPool::builder(Words)
-            .no_runtime()
-            .build()
-            .unwrap();
-        let mut conn = futures_lite::future::block_on(pool.get_connection()).unwrap();
-        bump(&mut conn);
-        assert_eq!(*AsRef::<u64>::as_ref(&conn), 1);
     }
 
     /// The guard is moved on every checkout and its connection passed to the return path;

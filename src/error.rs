@@ -40,8 +40,7 @@ pub enum PoolError<E> {
         /// if there was one: it usually explains why no connection became free. While nothing
         /// has failed, a creation in this pool dropped unfinished during the call because the
         /// time of the `get` that made it ran out (a `wait_timeout` shorter than a connect
-        /// takes: not counted as a failure) is reported here instead, and failing that, for a
-        /// call that timed out waiting, how many creations were still in progress.
+        /// takes: not counted as a failure) is reported here instead.
         last_error: Option<String>,
     },
     /// The manager failed to create a connection.
@@ -79,7 +78,9 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
                     None if *phase == TimeoutPhase::Waiting => f.write_str(
                         "; no connection came free in time (all in use, or being opened \
                          max_connecting at a time): return guards sooner, raise max_size, or \
-                         allow more time (wait_timeout, or get_connection_timeout's argument)",
+                         allow more time (wait_timeout, or get_connection_timeout's argument); \
+                         if opening connections is slow, check that the server is reachable \
+                         and responsive",
                     ),
                     None if *phase == TimeoutPhase::Creating => f.write_str(
                         "; check that the server is reachable and responsive, and that the \

@@ -51,6 +51,9 @@ pub(crate) struct Governor<E> {
     backoff: bool,
     /// Touched only when a create fails, when a call times out, or when a call is rejected.
     last: Mutex<Option<LastFailure<E>>>,
+    /// The last creation dropped unfinished because its caller's time ran out, and when:
+    /// touched only then and when a call times out.
+    dropped: Mutex<Option<(Instant, String)>>,
 }
 
 impl<E> Governor<E> {
@@ -61,6 +64,7 @@ impl<E> Governor<E> {
             epoch,
             backoff,
             last: Mutex::new(None),
+            dropped: Mutex::new(None),
         }
     }
 
@@ -123,20 +127,12 @@ impl<E> Governor<E> {
     }
 
     /// Records a creation dropped unfinished because the time of the call (or top-up) that
-    /// made it ran out. Not a failure: no backoff, no count. But while nothing has failed it
-    /// is the best explanation the other calls' timeouts have, so it is kept as the last
-    /// error; a failure on record is left in place, as it explains more.
+    /// made it ran out. Not a failure: no backoff, no count, and kept apart from the failures;
+    /// a timeout reports it only when no failure explains it (see
+    /// [`error_since`](Self::error_since)).
     pub(crate) fn abandoned(&self, now: Instant, message: String) {
-        if let Ok(mut last) = self.last.lock() {
-            // Under the lock: a failure recorded meanwhile (which counts first, then takes
-            // the lock) is either seen here or overwrites this note.
-            if !self.is_failing() {
-                *last = Some(LastFailure {
-                    at: now,
-                    message,
-                    permanent: None,
-                });
-            }
+        if let Ok(mut dropped) = self.dropped.lock() {
+            *dropped = Some((now, message));
         }
     }
 
@@ -157,11 +153,21 @@ impl<E> Governor<E> {
     /// creation has succeeded since it. A call that began after an outage started, and spent
     /// its time held back by the backoff, needs that failure to explain its timeout as much as
     /// one that saw it happen.
+    ///
+    /// Failing that, the last creation dropped unfinished at or after `since`.
     pub(crate) fn error_since(&self, since: Instant) -> Option<String> {
-        let last = self.last.lock().ok()?;
-        last.as_ref()
-            .filter(|last| last.at >= since || self.is_failing())
-            .map(|last| last.message.clone())
+        let failure = self.last.lock().ok().and_then(|last| {
+            last.as_ref()
+                .filter(|last| last.at >= since || self.is_failing())
+                .map(|last| last.message.clone())
+        });
+        failure.or_else(|| {
+            let dropped = self.dropped.lock().ok()?;
+            dropped
+                .as_ref()
+                .filter(|(at, _)| *at >= since)
+                .map(|(_, message)| message.clone())
+        })
     }
 }
 
@@ -221,6 +227,10 @@ mod tests {
         assert_eq!(governor.error_since(later), None);
         governor.failed(later, "refused".into(), None);
         governor.abandoned(later, "dropped again".into());
+        assert_eq!(governor.error_since(epoch).as_deref(), Some("refused"));
+        // Nor after the failure has been cured.
+        assert!(governor.succeeded());
+        governor.abandoned(later, "dropped once more".into());
         assert_eq!(governor.error_since(epoch).as_deref(), Some("refused"));
     }
 

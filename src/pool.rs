@@ -594,7 +594,8 @@ impl<M: ConnectionManager> Shared<M> {
     ) -> Option<Result<M::Error, StdArc<M::Error>>> {
         Stats::bump(&self.stats.create_failures);
         // The error's `Display` and `is_permanent_error` are user code. Should either panic,
-        // the failure is still recorded (with a stand-in message, as transient) so that its
+        // the failure is still recorded (with a stand-in message if `Display` panicked, as
+        // transient if `is_permanent_error` did) so that its
         // backoff holds, and the panic resumes once the bookkeeping below is done.
         let mut user_panic = None;
         let mut guarded = |user_code: &mut dyn FnMut()| {
@@ -656,6 +657,29 @@ impl<M: ConnectionManager> Shared<M> {
             std::panic::resume_unwind(panic);
         }
         outcome
+    }
+
+    /// Notes a creation dropped unfinished, between `started` and `now`, because the time of
+    /// the call that made it ran out: not a failure, but what the timeouts of calls waiting
+    /// on it report when nothing failed.
+    #[cold]
+    pub(crate) fn note_dropped_creation(&self, started: Instant, now: Instant) {
+        let connection_timeout = match self.config.connection_timeout {
+            Some(limit) => format!("{limit:?}"),
+            None => "not set".to_owned(),
+        };
+        self.governor.abandoned(
+            now,
+            format!(
+                "create_connection had not finished after {:?}, when the time limit of the \
+                 call that started it ran out (a get's wait_timeout or get_connection_timeout's \
+                 argument, or a min_idle top-up's give-up time; connection_timeout: \
+                 {connection_timeout}); the attempt was dropped, not counted as a failure. \
+                 Check that the server is reachable and responsive, or give calls more time \
+                 than opening a connection takes",
+                now.saturating_duration_since(started)
+            ),
+        );
     }
 
     /// Records a successful creation; the first one after failures wakes every waiter that
@@ -904,8 +928,10 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
     /// future drops the guard, which gives both back.
     ///
     /// Cut short by the caller's deadline, the attempt is not a failure of the backend: it is
-    /// dropped like a cancelled one (`Err(None)`, nothing recorded, no backoff), so that a
+    /// dropped like a cancelled one (`Err(None)`, no failure recorded, no backoff), so that a
     /// short `wait_timeout` does not make a healthy backend look broken to the other callers.
+    /// It is noted for the timeouts to report (see [`Governor::abandoned`]) unless the call
+    /// gave it no time at all (a zero timeout: "only if ready").
     pub(crate) async fn run(
         self,
         timeout_at: Option<Instant>,
@@ -934,23 +960,9 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
             }
             Ok(Err(error)) => Some(error),
             Err(_) if call_deadline_first(call_deadline, timeout_at) => {
-                let connection_timeout = match shared.config.connection_timeout {
-                    Some(limit) => format!("{limit:?}"),
-                    None => "not set".to_owned(),
-                };
-                shared.governor.abandoned(
-                    now,
-                    format!(
-                        "create_connection had not finished after {:?}, when the time limit \
-                         of the call that started it ran out (a get's wait_timeout or \
-                         get_connection_timeout's argument, or a min_idle top-up's give-up \
-                         time; connection_timeout: {connection_timeout}); the attempt was \
-                         dropped, not counted as a failure. Check that the server is reachable \
-                         and responsive, or give calls more time than opening a connection \
-                         takes",
-                        now.saturating_duration_since(started)
-                    ),
-                );
+                if call_deadline.is_some_and(|deadline| deadline > started) {
+                    shared.note_dropped_creation(started, now);
+                }
                 log::debug!(
                     "{}: a creation outlived its caller's deadline (a get's wait_timeout, or \
                      the give-up time of a min_idle top-up without connection_timeout); \

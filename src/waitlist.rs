@@ -149,8 +149,8 @@ pub(crate) struct WaitList<C> {
     queue: WaitQueue<Arc<WaitSlot<C>>>,
     /// Slots in state `WAITING`.
     waiting: AtomicUsize,
-    /// Abandoned slots still in `queue` (counted before the swap, so never below the truth).
-    /// Producers skip them as they meet them, but behind a waiting slot they would stay; a
+    /// Abandoned slots still in `front` or `queue` (counted before the swap, so never below
+    /// the truth). Producers skip them as they meet them, but behind a waiting slot they would stay; a
     /// pool whose callers keep timing out while nothing comes back would pile them up.
     abandoned: AtomicUsize,
 }

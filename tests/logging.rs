@@ -140,3 +140,18 @@ async fn a_check_that_outlives_validation_timeout_is_a_warning() {
         [log::Level::Warn]
     );
 }
+
+#[tokio::test]
+async fn a_zero_limit_call_that_cut_a_check_short_is_a_warning() {
+    let (pool, manager, _clock) = pool("probes");
+    drop(pool.get_connection().await.unwrap());
+    // The check needs a round trip: cut short, it costs the connection.
+    manager.counts.set_validate(Gate::Hang);
+    let probe = pool.get_connection_timeout(Duration::ZERO).await;
+    assert!(matches!(probe, Err(PoolError::Timeout { .. })), "{probe:?}");
+    assert_eq!(pool.status().counters.destroyed.validation_aborted, 1);
+    assert_eq!(
+        levels_of("probes: get_connection timed out validating"),
+        [log::Level::Warn]
+    );
+}
