@@ -9,6 +9,8 @@
 //!
 //! The sleep itself is the runtime's code: a panic in making or polling the timer is caught
 //! here, and a loop gives up only after a few in a row (see [`TimerFaults`]).
+//!
+//! A runtime that shuts down drops the loops it runs without a word; [`Unfinished`] says so.
 
 #[cfg(not(loom))]
 use crate::{
@@ -159,4 +161,62 @@ pub(crate) async fn unless_stopped<F: Future + ?Sized>(
         Poll::Pending
     })
     .await
+}
+
+/// Warns if a background loop's future is dropped before the loop ended while the pool still
+/// wants it: the runtime it was spawned on shut down (a pool that outlives one
+/// `#[tokio::test]`) or dropped the task, and what the loop did is lost without a trace.
+#[cfg(not(loom))]
+pub(crate) struct Unfinished<M: ConnectionManager, W: Fn(&Shared<M>) -> bool> {
+    pool: Weak<Shared<M>>,
+    /// Whether the pool still wants the loop.
+    wanted: W,
+    /// The loop's name, and what the application loses without it.
+    task: &'static str,
+    without: &'static str,
+    armed: bool,
+}
+
+#[cfg(not(loom))]
+impl<M: ConnectionManager, W: Fn(&Shared<M>) -> bool> Unfinished<M, W> {
+    pub(crate) fn new(
+        pool: Weak<Shared<M>>,
+        wanted: W,
+        task: &'static str,
+        without: &'static str,
+    ) -> Self {
+        Self {
+            pool,
+            wanted,
+            task,
+            without,
+            armed: true,
+        }
+    }
+
+    /// The loop ended by itself.
+    pub(crate) fn finished(mut self) {
+        self.armed = false;
+    }
+}
+
+#[cfg(not(loom))]
+impl<M: ConnectionManager, W: Fn(&Shared<M>) -> bool> Drop for Unfinished<M, W> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Some(shared) = self.pool.upgrade() else {
+            return;
+        };
+        if (self.wanted)(&shared) {
+            log::warn!(
+                "{}: the {} was dropped before it ended, most likely because the runtime it \
+                 ran on shut down: {}",
+                shared.config.name,
+                self.task,
+                self.without,
+            );
+        }
+    }
 }

@@ -158,7 +158,16 @@ pub(crate) fn start<M: ConnectionManager>(
     // The loop this one replaces ends now, not at its next tick.
     shared.background_stop.fire();
     let pool = crate::sync::Arc::downgrade(shared);
-    runtime.spawn(Box::pin(run(pool, generation, interval)));
+    let unfinished = crate::background::Unfinished::new(
+        pool.clone(),
+        move |shared: &Shared<M>| shared.cleanup_current(generation),
+        "cleanup task",
+        TASK_LOST,
+    );
+    runtime.spawn(Box::pin(async move {
+        run(pool, generation, interval).await;
+        unfinished.finished();
+    }));
 }
 
 /// Under loom there is neither time nor `Weak`; models call the pass directly.
@@ -170,9 +179,9 @@ pub(crate) fn start<M: ConnectionManager>(
     let _ = (shared, interval);
 }
 
-/// What the application loses when the cleanup task ends on a broken timer.
+/// What the application loses when the cleanup task ends early.
 #[cfg(not(loom))]
-const TIMER_LOST: &str = "min_idle is no longer kept, and idle connections are closed only when \
+const TASK_LOST: &str = "min_idle is no longer kept, and idle connections are closed only when \
      a checkout finds them expired; restart_cleanup_task starts the task again";
 
 /// The background loop. It holds only a weak reference between ticks, so dropping the pool
@@ -243,7 +252,7 @@ async fn run<M: ConnectionManager>(
                     // then the loop asks for a timer again.
                     Slept::TimerPanicked => {
                         let Some(shared) = pool.upgrade() else { return };
-                        if !timer_faults.panicked(&shared.config.name, "cleanup task", TIMER_LOST) {
+                        if !timer_faults.panicked(&shared.config.name, "cleanup task", TASK_LOST) {
                             return;
                         }
                         drop(shared);

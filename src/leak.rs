@@ -187,60 +187,79 @@ pub(crate) fn start<M: crate::ConnectionManager>(shared: &Arc<crate::pool::Share
     };
     let period = watch.period();
     let pool = Arc::downgrade(shared);
+    let unfinished = crate::background::Unfinished::new(
+        pool.clone(),
+        |shared: &crate::pool::Shared<M>| !shared.is_closed(),
+        "leak watcher",
+        WATCHER_LOST,
+    );
     runtime.spawn(Box::pin(async move {
-        use crate::background::{Slept, TimerFaults, sleep_while_wanted, timer};
-        let mut timer_faults = TimerFaults::new();
-        loop {
-            let (tick, stop) = {
-                let Some(shared) = pool.upgrade() else { return };
-                let stop = shared.background_stop.listen();
-                if shared.is_closed() {
-                    return;
-                }
-                let Some(runtime) = shared.runtime.as_deref() else {
-                    return;
-                };
-                (timer(runtime, period), stop)
-            };
-            let open = |shared: &crate::pool::Shared<M>| !shared.is_closed();
-            match sleep_while_wanted(&pool, tick, stop, open).await {
-                Slept::Elapsed => timer_faults.elapsed(),
-                Slept::Unwanted => return,
-                Slept::TimerPanicked => {
-                    let Some(shared) = pool.upgrade() else { return };
-                    let without = "a connection held past leak_detection_threshold is \
-                                   reported only when it is returned";
-                    if !timer_faults.panicked(&shared.config.name, "leak watcher", without) {
-                        return;
-                    }
-                    drop(shared);
-                    futures_lite::future::yield_now().await;
-                    continue;
-                }
-            }
+        watch_for_leaks(pool, period).await;
+        unfinished.finished();
+    }));
+}
+
+/// What the application loses when the leak watcher ends early.
+#[cfg(not(loom))]
+const WATCHER_LOST: &str =
+    "a connection held past leak_detection_threshold is reported only when it is returned";
+
+/// The watcher's loop: it holds only a weak reference between looks.
+#[cfg(not(loom))]
+async fn watch_for_leaks<M: crate::ConnectionManager>(
+    pool: crate::sync::Weak<crate::pool::Shared<M>>,
+    period: std::time::Duration,
+) {
+    use crate::background::{Slept, TimerFaults, sleep_while_wanted, timer};
+    let mut timer_faults = TimerFaults::new();
+    loop {
+        let (tick, stop) = {
             let Some(shared) = pool.upgrade() else { return };
+            let stop = shared.background_stop.listen();
             if shared.is_closed() {
                 return;
             }
-            let Some(watch) = shared.leaks.as_ref() else {
+            let Some(runtime) = shared.runtime.as_deref() else {
                 return;
             };
-            // The runtime's clock is user code: a panic skips this look, not every later one.
-            let Ok(now) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.now()))
-            else {
-                log::warn!(
-                    "{}: the runtime's clock panicked in the leak watcher; it looks again at \
-                     its next tick",
-                    shared.config.name
-                );
+            (timer(runtime, period), stop)
+        };
+        let open = |shared: &crate::pool::Shared<M>| !shared.is_closed();
+        match sleep_while_wanted(&pool, tick, stop, open).await {
+            Slept::Elapsed => timer_faults.elapsed(),
+            Slept::Unwanted => return,
+            Slept::TimerPanicked => {
+                let Some(shared) = pool.upgrade() else { return };
+                if !timer_faults.panicked(&shared.config.name, "leak watcher", WATCHER_LOST) {
+                    return;
+                }
+                drop(shared);
+                futures_lite::future::yield_now().await;
                 continue;
-            };
-            let warned = watch.scan(now, &shared.config.name, || shared.occupancy());
-            for _ in 0..warned {
-                crate::status::Stats::bump(&shared.stats.leaks);
             }
         }
-    }));
+        let Some(shared) = pool.upgrade() else { return };
+        if shared.is_closed() {
+            return;
+        }
+        let Some(watch) = shared.leaks.as_ref() else {
+            return;
+        };
+        // The runtime's clock is user code: a panic skips this look, not every later one.
+        let Ok(now) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.now()))
+        else {
+            log::warn!(
+                "{}: the runtime's clock panicked in the leak watcher; it looks again at \
+                     its next tick",
+                shared.config.name
+            );
+            continue;
+        };
+        let warned = watch.scan(now, &shared.config.name, || shared.occupancy());
+        for _ in 0..warned {
+            crate::status::Stats::bump(&shared.stats.leaks);
+        }
+    }
 }
 
 /// Under loom there is no runtime, so leak detection can never be configured.

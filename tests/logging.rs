@@ -155,3 +155,58 @@ async fn a_zero_limit_call_that_cut_a_check_short_is_a_warning() {
         [log::Level::Warn]
     );
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn background_loops_dropped_by_a_runtime_that_shuts_down_say_so() {
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Trace);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = runtime.block_on(async {
+        ConnectionPool::builder(TestManager::new())
+            .name("orphaned")
+            .leak_detection_threshold(Duration::from_secs(60))
+            .runtime(connection_pool::TokioRuntime::current())
+            .build()
+            .unwrap()
+    });
+    // The runtime drops both loops unpolled as it shuts down, while the pool still wants them.
+    drop(runtime);
+    let dropped = |task: &str| {
+        records_of(&format!("orphaned: the {task} was dropped before it ended"))
+            .iter()
+            .filter(|(level, _)| *level == log::Level::Warn)
+            .count()
+    };
+    assert_eq!(dropped("cleanup task"), 1);
+    assert_eq!(dropped("leak watcher"), 1);
+    // A pool that closes ends its loops itself: nothing to warn about.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed = runtime.block_on(async {
+        let closed = ConnectionPool::builder(TestManager::new())
+            .name("closed")
+            .leak_detection_threshold(Duration::from_secs(60))
+            .runtime(connection_pool::TokioRuntime::current())
+            .build()
+            .unwrap();
+        // Let both loops start, then close: they end at once.
+        tokio::task::yield_now().await;
+        closed.close();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        closed
+    });
+    drop(runtime);
+    assert!(
+        records_of("closed: the").is_empty(),
+        "{:?}",
+        records_of("closed: the")
+    );
+    drop((pool, closed));
+}

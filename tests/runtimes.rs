@@ -804,3 +804,92 @@ mod no_runtime {
         assert_eq!(Arc::strong_count(&counts), 1);
     }
 }
+
+/// A pool kept in a `static` and shared by several `#[tokio::test]`s outlives the runtime that
+/// built it: later calls run on runtimes of their own.
+#[cfg(feature = "tokio")]
+mod tokio_lifecycle {
+    use super::*;
+    use connection_pool::{TokioRuntime, ValidationPolicy};
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
+    #[test]
+    fn a_pool_outliving_the_runtime_that_built_it_runs_on_its_callers_runtime() {
+        let counts = Arc::new(Counts::default());
+        let first = current_thread();
+        let pool = first.block_on(async {
+            ConnectionPool::builder(Numbers(Arc::clone(&counts)))
+                .max_size(1)
+                .min_idle(1)
+                .wait_timeout(Duration::from_millis(50))
+                .validation(ValidationPolicy::Always)
+                .runtime(TokioRuntime::current())
+                .build()
+                .expect("a valid pool")
+        });
+        drop(first);
+        current_thread().block_on(async {
+            // Creating, waiting and validating each arm a timer: on this runtime, not the
+            // one that is gone (where tokio panics).
+            let held = pool.get_connection().await.expect("created");
+            let waited = pool.get_connection().await.map(|c| c.id);
+            assert!(
+                matches!(
+                    waited,
+                    Err(PoolError::Timeout {
+                        phase: TimeoutPhase::Waiting,
+                        ..
+                    })
+                ),
+                "{waited:?}"
+            );
+            drop(held);
+            let validated = pool.get_connection().await.expect("validated");
+            // The cleanup task died with the first runtime; restarted from this one, it runs
+            // here and puts back the min_idle connection this detach takes away.
+            drop(validated.detach());
+            pool.restart_cleanup_task(Duration::from_millis(5))
+                .expect("restarted");
+            let start = Instant::now();
+            while pool.status().idle < 1 {
+                assert!(start.elapsed() < SCENARIO_LIMIT, "min_idle not restored");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        drop(pool);
+        assert_eq!(counts.live.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_pool_given_a_handle_keeps_to_that_runtime() {
+        let background = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let pool = ConnectionPool::builder(Numbers(Arc::new(Counts::default())))
+            .max_size(1)
+            .wait_timeout(Duration::from_millis(50))
+            .runtime(TokioRuntime::from_handle(background.handle().clone()))
+            .build()
+            .expect("a valid pool");
+        // A runtime without timers: the pool's timers are armed on `background` instead.
+        let no_timers = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        no_timers.block_on(async {
+            let _held = pool.get_connection().await.expect("created");
+            let waited = pool.get_connection().await.map(|c| c.id);
+            assert!(
+                matches!(waited, Err(PoolError::Timeout { .. })),
+                "{waited:?}"
+            );
+        });
+    }
+}

@@ -8,6 +8,13 @@ use std::time::{Duration, Instant};
 ///
 /// async-std applications use it too: async-std is built on the same async-io reactor.
 ///
+/// Its timers need no executor of their own (async-io drives them from a thread of its own),
+/// so a pool on it works from any executor and outlives any tokio runtime. But the cleanup
+/// task's `min_idle` top-up runs [`create_connection`](crate::ConnectionManager::create_connection)
+/// on smol's executor: a manager whose connections need a tokio runtime (tokio-postgres, redis
+/// with `tokio-comp`) must use [`TokioRuntime`](crate::TokioRuntime) instead, or set no
+/// `min_idle`.
+///
 /// # Examples
 ///
 /// ```

@@ -5,11 +5,20 @@ use std::{fmt, time::Duration, time::Instant};
 
 /// Runs the pool's timers and cleanup task on a tokio runtime (feature `tokio`).
 ///
-/// It keeps a [`Handle`](::tokio::runtime::Handle), so a pool built with it works even when its
-/// methods are called from outside that runtime, as long as something drives that runtime: a
-/// multi-thread runtime drives itself, but a current-thread runtime runs its timers and tasks
-/// only inside its `block_on`. A call made from another thread while no `block_on` runs there
-/// waits without its timeouts (and the cleanup task does not run) until one does.
+/// Made with [`current`](Self::current) (or [`try_current`](Self::try_current)), it follows
+/// the caller: a call made on a tokio runtime arms its timers on that runtime, and
+/// [`restart_cleanup_task`](crate::ConnectionPool::restart_cleanup_task) called there spawns
+/// the task there. So a pool kept in a `static` and shared by several `#[tokio::test]`s, each
+/// with a runtime of its own, keeps working after the runtime that built it has shut down
+/// (deadpool and bb8 behave the same, since they use the caller's runtime). The runtime a call
+/// is made on needs its time driver, as below.
+///
+/// Made with [`from_handle`](Self::from_handle), it always uses that runtime. Either way a call
+/// made outside any tokio runtime uses the runtime it was made with, as long as something
+/// drives that runtime: a multi-thread runtime drives itself, but a current-thread runtime
+/// runs its timers and tasks only inside its `block_on`. A call made from another thread while
+/// no `block_on` runs there waits without its timeouts (and the cleanup task does not run)
+/// until one does.
 ///
 /// Timeouts and the cleanup interval follow tokio's clock, so tests that pause time
 /// (`#[tokio::test(start_paused = true)]`) drive them. Idle times and lifetimes are measured
@@ -26,9 +35,12 @@ use std::{fmt, time::Duration, time::Instant};
 /// way to detect beforehand. The panic reaches a `get_connection` caller; the cleanup task
 /// logs it and, after three tries, ends with a warning.
 ///
-/// Once the tokio runtime behind the handle has shut down, tokio panics when the pool arms a
-/// timer (a `get_connection` with a timeout): build the pool on the runtime that outlives it,
-/// or drop the pool first. Reading the clock does not panic.
+/// Once the runtime the pool's timers are armed on has shut down, tokio panics when the pool
+/// arms a timer (a `get_connection` that waits, creates or validates with a timeout): with
+/// `from_handle`, or for calls made outside any runtime, build the pool on a runtime that
+/// outlives it, or drop the pool first. Reading the clock does not panic. The cleanup task
+/// (and the leak watcher) end with the runtime they run on, with a warning;
+/// `restart_cleanup_task` on a live runtime starts the cleanup task again.
 ///
 /// # Examples
 ///
@@ -43,12 +55,16 @@ use std::{fmt, time::Duration, time::Instant};
 /// ```
 #[derive(Clone)]
 pub struct TokioRuntime {
-    /// The runtime that runs the cleanup task and drives the timers.
+    /// The runtime that runs the cleanup task and drives the timers, unless `follow_caller`
+    /// and the caller is on a runtime.
     handle: ::tokio::runtime::Handle,
+    /// Whether a caller's own runtime takes the place of `handle`.
+    follow_caller: bool,
 }
 
 impl TokioRuntime {
-    /// Uses the tokio runtime the caller is running on.
+    /// Uses the tokio runtime the caller is running on, and later the one each call is made
+    /// on (see above).
     ///
     /// # Panics
     ///
@@ -56,35 +72,61 @@ impl TokioRuntime {
     /// [`Handle::current`](::tokio::runtime::Handle::current). Use [`TokioRuntime::try_current`]
     /// or [`TokioRuntime::from_handle`] there.
     pub fn current() -> Self {
-        Self::from_handle(::tokio::runtime::Handle::current())
+        Self::following_caller(::tokio::runtime::Handle::current())
     }
 
-    /// Uses the tokio runtime the caller is running on, or `None` outside one.
+    /// Like [`current`](Self::current), or `None` outside a tokio runtime.
     pub fn try_current() -> Option<Self> {
         ::tokio::runtime::Handle::try_current()
             .ok()
-            .map(Self::from_handle)
+            .map(Self::following_caller)
     }
 
-    /// Uses the runtime behind `handle`.
+    /// Uses the runtime behind `handle` for every timer and task, whichever runtime a call is
+    /// made on.
     pub fn from_handle(handle: ::tokio::runtime::Handle) -> Self {
-        Self { handle }
+        Self {
+            handle,
+            follow_caller: false,
+        }
+    }
+
+    fn following_caller(handle: ::tokio::runtime::Handle) -> Self {
+        Self {
+            handle,
+            follow_caller: true,
+        }
+    }
+
+    /// The runtime to spawn a task on, for a caller on this thread.
+    fn spawner(&self) -> std::borrow::Cow<'_, ::tokio::runtime::Handle> {
+        if self.follow_caller {
+            if let Ok(current) = ::tokio::runtime::Handle::try_current() {
+                return std::borrow::Cow::Owned(current);
+            }
+        }
+        std::borrow::Cow::Borrowed(&self.handle)
     }
 }
 
 impl fmt::Debug for TokioRuntime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokioRuntime").finish_non_exhaustive()
+        f.debug_struct("TokioRuntime")
+            .field("follow_caller", &self.follow_caller)
+            .finish_non_exhaustive()
     }
 }
 
 impl Runtime for TokioRuntime {
     fn spawn(&self, task: BoxFuture<()>) {
-        drop(self.handle.spawn(task));
+        drop(self.spawner().spawn(task));
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<()> {
-        // Entering the handle registers the timer with this runtime's driver even when the
+        if self.follow_caller && ::tokio::runtime::Handle::try_current().is_ok() {
+            return Box::pin(::tokio::time::sleep(duration));
+        }
+        // Entering the handle registers the timer with that runtime's driver even when the
         // caller is not on a tokio thread.
         let _entered = self.handle.enter();
         Box::pin(::tokio::time::sleep(duration))
