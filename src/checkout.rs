@@ -525,6 +525,14 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             let check = shared.manager.is_valid(&mut slot.conn_mut().raw);
             match run_bounded(runtime, limit, check).await {
                 Ok(Ok(())) => {
+                    // The check took time (up to validation_timeout): a lifetime that ran out
+                    // meanwhile is not handed out. The clock is the runtime's code: should it
+                    // panic, the guard destroys the connection.
+                    if slot.conn_mut().expired(shared.stamp()) {
+                        granted = slot.destroy_keeping(DestroyReason::MaxLifetime);
+                        given_in_line = handed_over && granted.is_some();
+                        continue;
+                    }
                     log::trace!("{}: checked out a validated connection", shared.config.name);
                     return Ok(Shared::hand_out(shared, slot.into_conn(), location, begun));
                 }

@@ -89,6 +89,35 @@ async fn lifetime_expiry_applies_even_to_min_idle() {
 }
 
 #[tokio::test]
+async fn a_lifetime_that_runs_out_during_the_checkout_check_is_not_handed_out() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = builder(&manager, &clock)
+        .max_idle_time(None)
+        .validation(ValidationPolicy::Always)
+        .validation_timeout(5 * SECOND)
+        .build()
+        .unwrap();
+    drop(pool.get_connection().await.unwrap());
+    // Within its lifetime (jitter takes at most 2.5 % off 100 s) when the check starts...
+    clock.advance(97 * SECOND);
+    static CHECK_MAY_PASS: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+    manager
+        .counts
+        .set_validate(Gate::Until(|| CHECK_MAY_PASS.load(Ordering::SeqCst)));
+    let getting = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get_connection().await.map(|c| c.id) })
+    };
+    eventually("the check runs", || manager.counts.validations() == 1).await;
+    // ...and past it when the check passes, 4 s later (within validation_timeout).
+    clock.advance(4 * SECOND);
+    CHECK_MAY_PASS.store(true, Ordering::SeqCst);
+    assert_eq!(getting.await.unwrap().unwrap(), 1, "a new connection");
+    assert_eq!(pool.status().counters.destroyed.max_lifetime, 1);
+}
+
+#[tokio::test]
 async fn lifetimes_are_jittered_so_a_burst_does_not_expire_together() {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
     let pool = builder(&manager, &clock)
