@@ -203,7 +203,9 @@ impl<M: ConnectionManager, W: Fn(&Shared<M>) -> bool> Unfinished<M, W> {
 #[cfg(not(loom))]
 impl<M: ConnectionManager, W: Fn(&Shared<M>) -> bool> Drop for Unfinished<M, W> {
     fn drop(&mut self) {
-        if !self.armed {
+        // Dropped by a panic (in the loop, or in the runtime's `spawn`): that panic is
+        // reported where it is caught, and a logger that panics here would abort.
+        if !self.armed || std::thread::panicking() {
             return;
         }
         let Some(shared) = self.pool.upgrade() else {

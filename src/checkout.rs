@@ -528,7 +528,8 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                     // The check took time (up to validation_timeout): a lifetime that ran out
                     // meanwhile is not handed out. The clock is the runtime's code: should it
                     // panic, the guard destroys the connection.
-                    if slot.conn_mut().expired(shared.stamp()) {
+                    let conn = slot.conn_mut();
+                    if conn.mortal() && conn.expired(shared.stamp()) {
                         granted = slot.destroy_keeping(DestroyReason::MaxLifetime);
                         given_in_line = handed_over && granted.is_some();
                         continue;

@@ -43,6 +43,12 @@ impl<C> Conn<C> {
         self.expires_at.get() <= now
     }
 
+    /// Whether the connection has a lifetime at all (`max_lifetime` is set).
+    #[inline]
+    pub(crate) fn mortal(&self) -> bool {
+        self.expires_at.get() != Stamp::MAX
+    }
+
     /// The connection as a guard holds it: the idle stamp is rewritten on return anyway.
     #[inline]
     pub(crate) fn check_out(self) -> InUse<C> {

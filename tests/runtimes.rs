@@ -805,8 +805,8 @@ mod no_runtime {
     }
 }
 
-/// A pool kept in a `static` and shared by several `#[tokio::test]`s outlives the runtime that
-/// built it: later calls run on runtimes of their own.
+/// Which tokio runtime a pool's timers run on, when calls come from other runtimes or from
+/// synchronous bridges.
 #[cfg(feature = "tokio")]
 mod tokio_lifecycle {
     use super::*;
@@ -819,8 +819,10 @@ mod tokio_lifecycle {
             .expect("a runtime")
     }
 
+    /// A pool kept in a `static` and shared by several `#[tokio::test]`s outlives the runtime
+    /// that built it: with `follow_caller`, later calls run on runtimes of their own.
     #[test]
-    fn a_pool_outliving_the_runtime_that_built_it_runs_on_its_callers_runtime() {
+    fn a_pool_following_its_callers_outlives_the_runtime_that_built_it() {
         let counts = Arc::new(Counts::default());
         let first = current_thread();
         let pool = first.block_on(async {
@@ -829,7 +831,7 @@ mod tokio_lifecycle {
                 .min_idle(1)
                 .wait_timeout(Duration::from_millis(50))
                 .validation(ValidationPolicy::Always)
-                .runtime(TokioRuntime::current())
+                .runtime(TokioRuntime::follow_caller())
                 .build()
                 .expect("a valid pool")
         });
@@ -891,5 +893,69 @@ mod tokio_lifecycle {
                 "{waited:?}"
             );
         });
+    }
+
+    /// `current()` keeps to the runtime that built the pool, so a call made where no runtime
+    /// drives its own timers (a synchronous `block_on` nested in a current-thread runtime's
+    /// `block_on`, a thread that entered a runtime) still times out.
+    #[test]
+    fn a_pool_on_the_current_runtime_times_out_from_synchronous_bridges() {
+        let background = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let pool = background.block_on(async {
+            ConnectionPool::builder(Numbers(Arc::new(Counts::default())))
+                .max_size(1)
+                .wait_timeout(Duration::from_millis(50))
+                .runtime(TokioRuntime::current())
+                .build()
+                .expect("a valid pool")
+        });
+        let held = future::block_on(pool.get_connection()).expect("created");
+        let (done, outcome) = std::sync::mpsc::channel();
+        let caller = pool.clone();
+        std::thread::spawn(move || {
+            let nested = current_thread();
+            let in_block_on =
+                nested.block_on(async { future::block_on(caller.get_connection()).map(|c| c.id) });
+            let _entered = nested.enter();
+            let entered = future::block_on(caller.get_connection()).map(|c| c.id);
+            let _ = done.send((in_block_on, entered));
+        });
+        let (in_block_on, entered) = outcome
+            .recv_timeout(SCENARIO_LIMIT)
+            .expect("the calls time out instead of hanging");
+        for waited in [in_block_on, entered] {
+            assert!(
+                matches!(waited, Err(PoolError::Timeout { .. })),
+                "{waited:?}"
+            );
+        }
+        drop(held);
+    }
+
+    /// Timeouts follow tokio's clock: a test that pauses time drives them without waiting.
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_clock_drives_the_timeouts() {
+        let pool = ConnectionPool::builder(Numbers(Arc::new(Counts::default())))
+            .max_size(1)
+            .wait_timeout(Duration::from_secs(30))
+            .runtime(TokioRuntime::current())
+            .build()
+            .expect("a valid pool");
+        let _held = pool.get_connection().await.expect("created");
+        let started = Instant::now();
+        let waited = pool.get_connection().await.map(|c| c.id);
+        assert!(
+            matches!(waited, Err(PoolError::Timeout { .. })),
+            "{waited:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -5,20 +5,18 @@ use std::{fmt, time::Duration, time::Instant};
 
 /// Runs the pool's timers and cleanup task on a tokio runtime (feature `tokio`).
 ///
-/// Made with [`current`](Self::current) (or [`try_current`](Self::try_current)), it follows
-/// the caller: a call made on a tokio runtime arms its timers on that runtime, and
-/// [`restart_cleanup_task`](crate::ConnectionPool::restart_cleanup_task) called there spawns
-/// the task there. So a pool kept in a `static` and shared by several `#[tokio::test]`s, each
-/// with a runtime of its own, keeps working after the runtime that built it has shut down
-/// (deadpool and bb8 behave the same, since they use the caller's runtime). The runtime a call
-/// is made on needs its time driver, as below.
+/// Made with [`current`](Self::current), [`try_current`](Self::try_current) or
+/// [`from_handle`](Self::from_handle), it keeps a [`Handle`](::tokio::runtime::Handle) and
+/// arms every timer and spawns every task on that runtime, whichever thread or runtime a call
+/// comes from, as long as something drives that runtime: a multi-thread runtime drives
+/// itself, but a current-thread runtime runs its timers and tasks only inside its `block_on`.
+/// A call made from another thread while no `block_on` runs there waits without its timeouts
+/// (and the cleanup task does not run) until one does.
 ///
-/// Made with [`from_handle`](Self::from_handle), it always uses that runtime. Either way a call
-/// made outside any tokio runtime uses the runtime it was made with, as long as something
-/// drives that runtime: a multi-thread runtime drives itself, but a current-thread runtime
-/// runs its timers and tasks only inside its `block_on`. A call made from another thread while
-/// no `block_on` runs there waits without its timeouts (and the cleanup task does not run)
-/// until one does.
+/// Made with [`follow_caller`](Self::follow_caller), it arms a call's timers on the tokio
+/// runtime the call is made on, as deadpool and bb8 do: for a pool kept in a `static` and
+/// shared by several `#[tokio::test]`s, each with a runtime of its own, which must keep
+/// working after the runtime that built it has shut down.
 ///
 /// Timeouts and the cleanup interval follow tokio's clock, so tests that pause time
 /// (`#[tokio::test(start_paused = true)]`) drive them. Idle times and lifetimes are measured
@@ -36,11 +34,10 @@ use std::{fmt, time::Duration, time::Instant};
 /// logs it and, after three tries, ends with a warning.
 ///
 /// Once the runtime the pool's timers are armed on has shut down, tokio panics when the pool
-/// arms a timer (a `get_connection` that waits, creates or validates with a timeout): with
-/// `from_handle`, or for calls made outside any runtime, build the pool on a runtime that
-/// outlives it, or drop the pool first. Reading the clock does not panic. The cleanup task
-/// (and the leak watcher) end with the runtime they run on, with a warning;
-/// `restart_cleanup_task` on a live runtime starts the cleanup task again.
+/// arms a timer (a `get_connection` that waits, creates or validates with a timeout): build
+/// the pool on a runtime that outlives it, drop the pool first, or use `follow_caller`.
+/// Reading the clock does not panic. The cleanup task and the leak watcher end with the
+/// runtime they run on, with a warning.
 ///
 /// # Examples
 ///
@@ -63,8 +60,7 @@ pub struct TokioRuntime {
 }
 
 impl TokioRuntime {
-    /// Uses the tokio runtime the caller is running on, and later the one each call is made
-    /// on (see above).
+    /// Uses the tokio runtime the caller is running on.
     ///
     /// # Panics
     ///
@@ -72,29 +68,44 @@ impl TokioRuntime {
     /// [`Handle::current`](::tokio::runtime::Handle::current). Use [`TokioRuntime::try_current`]
     /// or [`TokioRuntime::from_handle`] there.
     pub fn current() -> Self {
-        Self::following_caller(::tokio::runtime::Handle::current())
+        Self::from_handle(::tokio::runtime::Handle::current())
     }
 
-    /// Like [`current`](Self::current), or `None` outside a tokio runtime.
+    /// Uses the tokio runtime the caller is running on, or `None` outside one.
     pub fn try_current() -> Option<Self> {
         ::tokio::runtime::Handle::try_current()
             .ok()
-            .map(Self::following_caller)
+            .map(Self::from_handle)
     }
 
-    /// Uses the runtime behind `handle` for every timer and task, whichever runtime a call is
-    /// made on.
+    /// Arms each call's timers on the tokio runtime the call is made on, and spawns a
+    /// [`restart_cleanup_task`](crate::ConnectionPool::restart_cleanup_task) there; the
+    /// runtime the caller is running on now serves calls made outside any runtime, and runs
+    /// the cleanup task started by [`build`](crate::Builder::build). For a pool that outlives
+    /// the runtime that built it, such as one in a `static` shared by several
+    /// `#[tokio::test]`s: restart its cleanup task from each later runtime if it needs one
+    /// (the pool warns when a runtime drops it).
+    ///
+    /// A call's own runtime must drive its timers while the call waits: a call made on a
+    /// runtime without its time driver panics, and one made from a synchronous `block_on`
+    /// nested in a tokio task, or from a thread that entered a runtime nothing drives, waits
+    /// without its timeouts. [`current`](Self::current) has neither problem.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime, like [`current`](Self::current).
+    pub fn follow_caller() -> Self {
+        Self {
+            handle: ::tokio::runtime::Handle::current(),
+            follow_caller: true,
+        }
+    }
+
+    /// Uses the runtime behind `handle`.
     pub fn from_handle(handle: ::tokio::runtime::Handle) -> Self {
         Self {
             handle,
             follow_caller: false,
-        }
-    }
-
-    fn following_caller(handle: ::tokio::runtime::Handle) -> Self {
-        Self {
-            handle,
-            follow_caller: true,
         }
     }
 
