@@ -127,20 +127,33 @@ impl TimerFaults {
         self.in_a_row = 0;
     }
 
-    /// A timer panicked: logs it and returns whether the loop should go on (after a yield).
-    /// `task` names the loop, `without` says what the application loses when it ends.
-    pub(crate) fn panicked(&mut self, pool: &str, task: &str, without: &str) -> bool {
+    /// A timer panicked: logs it and returns whether the loop should go on, after yielding
+    /// to the executor; not if the pool is gone or the timer keeps panicking. `task` names
+    /// the loop, `without` says what the application loses when it ends.
+    pub(crate) async fn panicked<M: ConnectionManager>(
+        &mut self,
+        pool: &Weak<Shared<M>>,
+        task: &str,
+        without: &str,
+    ) -> bool {
+        let Some(shared) = pool.upgrade() else {
+            return false;
+        };
+        let name = &shared.config.name;
         self.in_a_row += 1;
-        if self.in_a_row < TIMER_PANICS_TOLERATED {
-            log::warn!("{pool}: the runtime's timer panicked in the {task}; it tries again");
-            return true;
+        if self.in_a_row >= TIMER_PANICS_TOLERATED {
+            log::warn!(
+                "{name}: the runtime's timer panicked {} times in a row in the {task}, which \
+                 now stops: {without}",
+                self.in_a_row,
+            );
+            return false;
         }
-        log::warn!(
-            "{pool}: the runtime's timer panicked {} times in a row in the {task}, which now \
-             stops: {without}",
-            self.in_a_row,
-        );
-        false
+        log::warn!("{name}: the runtime's timer panicked in the {task}; it tries again");
+        // Not holding the pool while the loop is away.
+        drop(shared);
+        futures_lite::future::yield_now().await;
+        true
     }
 }
 

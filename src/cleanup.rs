@@ -251,12 +251,12 @@ async fn run<M: ConnectionManager>(
                     // The top-up runs again (it finds nothing to do if min_idle holds), and
                     // then the loop asks for a timer again.
                     Slept::TimerPanicked => {
-                        let Some(shared) = pool.upgrade() else { return };
-                        if !timer_faults.panicked(&shared.config.name, "cleanup task", TASK_LOST) {
+                        if !timer_faults
+                            .panicked(&pool, "cleanup task", TASK_LOST)
+                            .await
+                        {
                             return;
                         }
-                        drop(shared);
-                        futures_lite::future::yield_now().await;
                         continue;
                     }
                 }

@@ -229,12 +229,12 @@ async fn watch_for_leaks<M: crate::ConnectionManager>(
             Slept::Elapsed => timer_faults.elapsed(),
             Slept::Unwanted => return,
             Slept::TimerPanicked => {
-                let Some(shared) = pool.upgrade() else { return };
-                if !timer_faults.panicked(&shared.config.name, "leak watcher", WATCHER_LOST) {
+                if !timer_faults
+                    .panicked(&pool, "leak watcher", WATCHER_LOST)
+                    .await
+                {
                     return;
                 }
-                drop(shared);
-                futures_lite::future::yield_now().await;
                 continue;
             }
         }
