@@ -53,12 +53,42 @@ const TOP_UP_RETRY_MIN: Duration = Duration::from_millis(50);
 impl<M: ConnectionManager> Shared<M> {
     pub(crate) fn cleanup_pass(&self, now: Stamp) -> CleanupReport {
         let mut report = CleanupReport::default();
-        // Look at each connection that was idle when the pass began, once; connections
-        // returned meanwhile are fresh and go to the back of the queue anyway.
+        // Lifetimes first when min_idle protects some connections from idle expiry: one about
+        // to go for its age must not count toward the min_idle that keeps another from going
+        // for idleness, or both would go.
+        if self.config.min_idle > 0 {
+            self.sweep(now, &mut report, true);
+        }
+        self.sweep(now, &mut report, false);
+        if report.idle_expired + report.lifetime_expired > 0 {
+            log::debug!(
+                "{}: cleanup closed {} idle and {} aged connections; {}",
+                self.config.name,
+                report.idle_expired,
+                report.lifetime_expired,
+                self.occupancy(),
+            );
+        }
+        report
+    }
+
+    /// Looks at each connection that was idle when the sweep began, once (connections
+    /// returned meanwhile are fresh and go to the back of the queue anyway), and destroys the
+    /// expired ones: for lifetime only, or for lifetime and idle time.
+    fn sweep(&self, now: Stamp, report: &mut CleanupReport, lifetimes_only: bool) {
         for _ in 0..self.idle.len() {
             let Some(conn) = self.idle.pop() else { break };
-            report.inspected += 1;
-            match self.expiry(&conn, now) {
+            let expiry = if lifetimes_only {
+                conn.expired(now)
+                    .then_some(crate::DestroyReason::MaxLifetime)
+            } else {
+                self.expiry(&conn, now)
+            };
+            // A connection kept by the lifetime sweep is inspected, and counted, by the next.
+            if !lifetimes_only || expiry.is_some() {
+                report.inspected += 1;
+            }
+            match expiry {
                 Some(reason) => {
                     match reason {
                         crate::DestroyReason::MaxLifetime => report.lifetime_expired += 1,
@@ -70,16 +100,6 @@ impl<M: ConnectionManager> Shared<M> {
                 None => self.give(conn),
             }
         }
-        if report.idle_expired + report.lifetime_expired > 0 {
-            log::debug!(
-                "{}: cleanup closed {} idle and {} aged connections; {}",
-                self.config.name,
-                report.idle_expired,
-                report.lifetime_expired,
-                self.occupancy(),
-            );
-        }
-        report
     }
 
     /// Creates connections until `min_idle` are idle, the pool is full, or a create fails.
@@ -372,7 +392,8 @@ impl<M: ConnectionManager> Shared<M> {
 impl<M: ConnectionManager> ConnectionPool<M> {
     /// Runs one cleanup pass now, as the background task does every `cleanup_interval`:
     /// destroys idle connections past `max_lifetime`, and past `max_idle_time` while more than
-    /// `min_idle` are idle. It does not create connections.
+    /// `min_idle` are idle (not counting those past their lifetime). It does not create
+    /// connections.
     ///
     /// `now` is the time to judge expiry by; pass [`ConnectionPool::now`] unless you drive a
     /// manual clock. It never blocks: connections are inspected one at a time, so checkouts

@@ -72,6 +72,33 @@ async fn idle_expiry_never_goes_below_min_idle() {
 }
 
 #[tokio::test]
+async fn a_connection_past_its_lifetime_does_not_count_toward_min_idle() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = builder(&manager, &clock)
+        .min_idle(1)
+        .cleanup_interval(3600 * SECOND)
+        .build()
+        .unwrap();
+    eventually("min_idle is reached", || pool.status().idle == 1).await;
+    let start = pool.now();
+    let old = pool.get_connection().await.unwrap();
+    clock.advance(50 * SECOND);
+    let young = pool.get_connection().await.unwrap();
+    // Queue order: the young one (to be idle too long), then the old one (to be past its
+    // lifetime).
+    drop(young);
+    drop(old);
+    let report = pool.cleanup_pass(start + 120 * SECOND);
+    assert_eq!(report.lifetime_expired, 1);
+    assert_eq!(
+        report.idle_expired, 0,
+        "the one connection left is min_idle's: {report:?}"
+    );
+    assert_eq!(report.inspected, 2);
+    assert_eq!(pool.status().idle, 1);
+}
+
+#[tokio::test]
 async fn lifetime_expiry_applies_even_to_min_idle() {
     let (manager, clock) = (TestManager::new(), ManualClock::new());
     let pool = builder(&manager, &clock)
