@@ -153,23 +153,36 @@ async fn leak_detection_off_spawns_nothing_and_reports_nothing() {
     assert_eq!(warnings_mentioning("quiet:"), 0);
 }
 
+/// A pool named `name` with a 10 s leak threshold, on timers the test can make panic.
+fn watched_on_flaky_timers(
+    name: &str,
+) -> (
+    ConnectionPool<TestManager>,
+    Arc<ManualClock>,
+    Arc<common::TimerFaults>,
+    Spawned,
+) {
+    let clock = ManualClock::new();
+    let runtime = FlakyTimers::new(&clock);
+    let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
+    let pool = ConnectionPool::builder(TestManager::new())
+        .name(name)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .leak_detection_threshold(Duration::from_secs(10))
+        .runtime(runtime)
+        .build()
+        .unwrap();
+    (pool, clock, faults, spawned)
+}
+
 #[tokio::test]
 async fn a_timer_or_clock_that_panics_once_does_not_end_the_leak_watcher() {
     for fault in ["timer", "timer when polled", "clock"] {
         let _ = log::set_logger(&CAPTURE);
         log::set_max_level(log::LevelFilter::Warn);
-        let clock = ManualClock::new();
-        let runtime = FlakyTimers::new(&clock);
-        let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
         let name = format!("faulty {fault}");
-        let pool = ConnectionPool::builder(TestManager::new())
-            .name(name.as_str())
-            .validation(ValidationPolicy::Never)
-            .cleanup_interval(None)
-            .leak_detection_threshold(Duration::from_secs(10))
-            .runtime(runtime)
-            .build()
-            .unwrap();
+        let (pool, clock, faults, spawned) = watched_on_flaky_timers(&name);
         let held = pool.get_connection().await.unwrap();
         common::eventually("the watcher sleeps", || clock.sleepers() == 1).await;
         match fault {
@@ -197,16 +210,7 @@ async fn a_timer_or_clock_that_panics_once_does_not_end_the_leak_watcher() {
 
 #[tokio::test]
 async fn timer_panics_with_a_working_timer_between_them_do_not_end_the_leak_watcher() {
-    let clock = ManualClock::new();
-    let runtime = FlakyTimers::new(&clock);
-    let (faults, spawned) = (Arc::clone(&runtime.faults), runtime.inner.spawned.clone());
-    let pool = ConnectionPool::builder(TestManager::new())
-        .validation(ValidationPolicy::Never)
-        .cleanup_interval(None)
-        .leak_detection_threshold(Duration::from_secs(10))
-        .runtime(runtime)
-        .build()
-        .unwrap();
+    let (pool, clock, faults, spawned) = watched_on_flaky_timers("flaky");
     common::eventually("the watcher sleeps", || clock.sleepers() == 1).await;
     // Two failures, a timer that works, two failures: never three in a row.
     for round in 0..2 {

@@ -149,6 +149,21 @@ fn m3b_a_waiter_granted_a_free_slot_then_cancelled_passes_the_grant_on() {
     });
 }
 
+/// After a model on `max_size` 1 whose creations failed: never more than one creation at a
+/// time nor more than one connection, and nothing left creating or waiting.
+fn assert_one_at_a_time_and_settled(pool: &ConnectionPool<ModelManager>) {
+    let counts = &pool.manager().counts;
+    assert_eq!(
+        counts.peak_creating(),
+        1,
+        "one creation at a time while failing"
+    );
+    assert_eq!(counts.peak(), 1, "never two connections on max_size 1");
+    let status = pool.status();
+    assert_eq!(status.size, counts.live(), "pool and manager agree");
+    assert_eq!((status.connecting, status.waiters), (0, 0));
+}
+
 /// 3c. As 3b, but while creations fail, so the waiter at the front is only woken, not
 ///     granted anything. Freed capacity is granted, so the one wake-up that can strand a
 ///     waiter if dropped is the one `Shared::wake_creator` sends while creations fail: to the
@@ -193,15 +208,7 @@ fn m3c_a_waiter_woken_while_creations_fail_then_cancelled_passes_the_wake_up_on(
         cancelled.join().unwrap();
         let conn = waiter.join().unwrap();
 
-        assert_eq!(
-            counts.peak_creating(),
-            1,
-            "one creation at a time while failing"
-        );
-        assert_eq!(counts.peak(), 1, "never two connections on max_size 1");
-        let status = pool.status();
-        assert_eq!(status.size, counts.live(), "pool and manager agree");
-        assert_eq!((status.connecting, status.waiters), (0, 0));
+        assert_one_at_a_time_and_settled(&pool);
         drop(conn);
         drop(pool);
         assert_eq!(counts.live(), 0);
@@ -254,15 +261,7 @@ fn m3d_a_waiter_woken_while_creations_fail_as_its_deadline_passes_passes_the_wak
         impatient.join().unwrap();
         patient.join().unwrap();
 
-        assert_eq!(
-            counts.peak_creating(),
-            1,
-            "one creation at a time while failing"
-        );
-        assert_eq!(counts.peak(), 1, "never two connections on max_size 1");
-        let status = pool.status();
-        assert_eq!(status.size, counts.live(), "pool and manager agree");
-        assert_eq!((status.connecting, status.waiters), (0, 0));
+        assert_one_at_a_time_and_settled(&pool);
         drop(pool);
         assert_eq!(counts.live(), 0);
     });
