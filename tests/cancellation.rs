@@ -56,7 +56,10 @@ fn assert_settled(pool: &ConnectionPool<TestManager>, manager: &TestManager) {
     let status = pool.status();
     assert_eq!(status.waiters, 0, "{status:?}");
     assert_eq!(status.connecting, 0, "a permit is still taken: {status:?}");
-    assert_eq!(status.idle, status.size, "a slot is held by nobody: {status:?}");
+    assert_eq!(
+        status.idle, status.size,
+        "a slot is held by nobody: {status:?}"
+    );
     assert_eq!(manager.counts.live(), status.size, "{status:?}");
 }
 
@@ -250,7 +253,11 @@ fn a_waiter_woken_to_try_a_failing_backend_then_cancelled_passes_the_wake_up_on(
     drop(attempt); // the attempt ends unfinished: `first` is woken to try
     assert!(first.woken() && !second.woken());
     drop(first); // cancelled before it ran
-    assert!(second.woken(), "the wake-up went nowhere: {:?}", pool.status());
+    assert!(
+        second.woken(),
+        "the wake-up went nowhere: {:?}",
+        pool.status()
+    );
     manager.counts.set_create(Gate::Ok);
     assert!(matches!(second.poll(), Poll::Ready(Ok(_))));
     assert_settled(&pool, &manager);
@@ -274,7 +281,11 @@ async fn a_call_cancelled_while_the_pool_backs_off_leaves_nothing_behind() {
     ));
     let mut backing_off = Polled::new(pool.get_connection());
     assert!(backing_off.poll().is_pending());
-    assert_eq!(manager.counts.create_calls(), 1, "held back by the retry delay");
+    assert_eq!(
+        manager.counts.create_calls(),
+        1,
+        "held back by the retry delay"
+    );
     assert_eq!(pool.status().waiters, 1);
     drop(backing_off);
     assert_settled(&pool, &manager);

@@ -241,3 +241,31 @@ async fn a_check_whose_reply_is_still_on_its_way_does_not_reach_the_next_user() 
     let mut conn = pool.get_connection().await.unwrap();
     assert_eq!(request(&mut conn, "mine").await, "mine\n");
 }
+
+/// tokio's paused clock jumps to the next timer whenever tokio has nothing to run, and it
+/// cannot see these sockets (async-io drives them), so on `TokioRuntime` the pool's timeouts
+/// fire while a loopback connect or check is still on its way. The docs send such tests to
+/// `SmolRuntime`, whose timers run on async-io's clock: a paused tokio test works with it.
+#[cfg(feature = "smol")]
+#[tokio::test(start_paused = true)]
+async fn under_a_paused_tokio_clock_a_pool_on_smol_runtime_connects_and_checks() {
+    let server = LineServer::start();
+    let pool = ConnectionPool::builder(
+        TcpConnectionManager::new(server.addr).health_check(PingPong::new("ping\n", "ping\n")),
+    )
+    .max_size(1)
+    .validation(ValidationPolicy::Always)
+    .runtime(connection_pool::SmolRuntime::new())
+    .build()
+    .unwrap();
+    for round in 0..20 {
+        let mut conn = pool.get_connection().await.unwrap();
+        assert_eq!(request(&mut conn, "hello").await, "hello\n");
+        if round % 2 == 0 {
+            conn.mark_broken(); // the next round connects anew
+        }
+    }
+    let counters = pool.status().counters;
+    assert_eq!(counters.created, 11, "round 0 and each odd round connect");
+    assert_eq!(counters.destroyed.validation_aborted, 0);
+}

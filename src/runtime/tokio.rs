@@ -19,7 +19,11 @@ use std::{fmt, time::Duration, time::Instant};
 /// working after the runtime that built it has shut down.
 ///
 /// Timeouts and the cleanup interval follow tokio's clock, so tests that pause time
-/// (`#[tokio::test(start_paused = true)]`) drive them. Idle times and lifetimes are measured
+/// (`#[tokio::test(start_paused = true)]`) drive them. A paused clock jumps to the next timer
+/// whenever tokio has nothing to run, so a manager whose I/O tokio does not drive (the
+/// [`TcpConnectionManager`](crate::TcpConnectionManager)'s, on async-io) sees its timeouts
+/// fire while its I/O is still on its way: give such a pool
+/// [`SmolRuntime`](crate::SmolRuntime) in paused tests. Idle times and lifetimes are measured
 /// with the system's coarse monotonic clock ([`coarse_now`](crate::coarse_now)), which is read
 /// on every checkout and return and costs a third of a precise reading; pausing tokio's clock
 /// does not age connections. To test expiry without sleeping, build the pool with a
