@@ -253,6 +253,11 @@ fn timed_out<M: ConnectionManager>(
     phase: TimeoutPhase,
     deadline: &mut Deadline,
 ) -> PoolError<M::Error> {
+    // Closed as the time ran out: the caller should stop asking, not retry. Not counted as a
+    // timeout.
+    if shared.is_closed() {
+        return PoolError::Closed;
+    }
     let (start, _) = deadline.start(shared);
     Stats::bump(&shared.stats.timeouts);
     if let Some(observer) = &shared.observer {
@@ -655,6 +660,10 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                         );
                         Ok(Shared::hand_out(shared, conn, location, begun))
                     }
+                    // The failure is recorded all the same (counters, last_error); the
+                    // caller of a closed pool is told to stop asking rather than to look
+                    // at the backend.
+                    Err(_) if shared.is_closed() => Err(PoolError::Closed),
                     Err(Some(Ok(error))) => Err(PoolError::Backend(error)),
                     Err(Some(Err(permanent))) => Err(PoolError::Rejected(permanent)),
                     Err(None) => Err(timed_out(shared, TimeoutPhase::Creating, &mut deadline)),
@@ -716,10 +725,6 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             _ => {}
         }
         if expired && pending.is_none() {
-            // Closed as the time ran out: the caller should stop asking, not retry.
-            if shared.is_closed() {
-                return Err(PoolError::Closed);
-            }
             return Err(timed_out(shared, TimeoutPhase::Waiting, &mut deadline));
         }
     }

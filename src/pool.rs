@@ -1051,9 +1051,11 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     ///
     /// New `get_connection` calls fail with [`PoolError::Closed`], waiting ones wake up with
     /// it, idle connections are dropped now and checked-out ones when their guards drop. A
-    /// call that is creating a connection finishes its create and then destroys the new
-    /// connection and fails with `Closed`; one validating an idle connection finishes the check
-    /// and its connection is destroyed when its guard drops. The cleanup task and the leak
+    /// call that is creating a connection finishes its create, destroys the new connection and
+    /// fails with `Closed`, and so does one whose create fails or runs out of time meanwhile;
+    /// one validating an idle connection finishes the check and its connection is destroyed
+    /// when its guard drops (or, when the check fails or the call's time runs out, the call
+    /// fails with `Closed`). The cleanup task and the leak
     /// watcher are woken and end as soon as their executor polls them. Closing twice does
     /// nothing; it never fails or blocks.
     pub fn close(&self) {

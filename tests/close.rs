@@ -195,3 +195,64 @@ async fn a_waiter_whose_deadline_passes_as_the_pool_closes_gets_closed_not_a_tim
     );
     drop(held);
 }
+
+#[tokio::test]
+async fn a_create_failing_after_close_gives_closed_and_is_still_recorded() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .no_runtime()
+        .build()
+        .unwrap();
+    manager.counts.set_create(Gate::Fail); // fails after one yield
+    let mut getter = Box::pin(pool.get_connection());
+    assert!(
+        futures_lite::future::poll_once(getter.as_mut())
+            .await
+            .is_none()
+    );
+    pool.close();
+    let outcome = getter.await;
+    assert!(
+        matches!(outcome, Err(PoolError::Closed)),
+        "a closed pool says so, not the backend: {outcome:?}"
+    );
+    let status = pool.status();
+    assert_eq!(status.counters.create_failures, 1, "{status:?}");
+    assert_eq!(status.size, 0);
+}
+
+#[tokio::test]
+async fn a_create_or_check_timing_out_after_close_gives_closed_not_a_timeout() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = ConnectionPool::builder(manager.clone())
+        .validation(connection_pool::ValidationPolicy::Always)
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    drop(pool.get_connection().await.unwrap()); // one idle, checked at its next checkout
+    manager.counts.set_validate(Gate::Hang);
+    manager.counts.set_create(Gate::Hang);
+    // One checks the idle connection, the other creates; each call has 1 s.
+    let mut checking = Box::pin(pool.get_connection_timeout(Duration::from_secs(1)));
+    let mut creating = Box::pin(pool.get_connection_timeout(Duration::from_secs(1)));
+    for call in [checking.as_mut(), creating.as_mut()] {
+        assert!(futures_lite::future::poll_once(call).await.is_none());
+    }
+    assert_eq!(
+        (manager.counts.validations(), manager.counts.create_calls()),
+        (1, 2)
+    );
+    // Both before the calls run again: their timers fire, and the pool closes.
+    clock.advance(Duration::from_secs(2));
+    pool.close();
+    for outcome in [checking.await, creating.await] {
+        assert!(
+            matches!(outcome, Err(PoolError::Closed)),
+            "a closed pool says so: {outcome:?}"
+        );
+    }
+    let status = pool.status();
+    assert_eq!(status.counters.timeouts, 0, "{status:?}");
+    assert_eq!((status.size, manager.counts.live()), (0, 0), "{status:?}");
+}
