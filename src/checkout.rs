@@ -11,7 +11,7 @@ use crate::{
     runtime::{run_bounded, wait_bounded},
     status::{DestroyReason, Stats},
     sync::Arc,
-    waitlist::{Resolution, WaitSlot},
+    waitlist::{Resolution, Ticket, WaitSlot},
 };
 use event_listener::EventListener;
 use std::{
@@ -204,16 +204,17 @@ struct Queued<'a, M: ConnectionManager> {
 }
 
 impl<'a, M: ConnectionManager> Queued<'a, M> {
-    /// Takes a place in line; `again` for a call that was in line before (see the wait
-    /// list's front lane).
-    fn register(shared: &'a Shared<M>, again: bool) -> Self {
-        let (slot, listener) = shared.waitlist.register(again);
-        Self {
+    /// Takes a place in line: a call that was in line before passes the ticket it drew then
+    /// (see the wait list's front lane). Returns the place and the call's ticket.
+    fn register(shared: &'a Shared<M>, ticket: Option<Ticket>) -> (Self, Ticket) {
+        let (slot, listener, ticket) = shared.waitlist.register(ticket);
+        let place = Self {
             shared,
             slot,
             listener: Some(listener),
             armed: true,
-        }
+        };
+        (place, ticket)
     }
 
     /// Takes the slot's outcome if it has one, leaving the guard disarmed.
@@ -405,9 +406,9 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
     let initial = held.map(Slot::into_conn);
     // The observer wants the wait time of every checkout.
     let begun = shared.observer.as_ref().map(|_| start);
-    // This call's place in line while it waits, and whether it was counted as waiting.
+    // This call's place in line while it waits, and the ticket it drew when it first queued.
     let mut queued: Option<Queued<'_, M>> = None;
-    let mut counted = false;
+    let mut ticket: Option<Ticket> = None;
     // A connection in hand that still needs the expiry and validation checks.
     let mut pending: Option<Conn<M::Connection>> = initial;
     // The governor's retry instant whose timer this call has already slept out, if any.
@@ -673,9 +674,9 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
 
         // 3. Nothing free: take a place in line, re-check (loop again), only then wait.
         let Some(place) = queued.as_mut() else {
-            queued = Some(Queued::register(shared, counted));
-            if !counted {
-                counted = true;
+            let (place, drawn) = Queued::register(shared, ticket);
+            queued = Some(place);
+            if ticket.replace(drawn).is_none() {
                 Stats::bump(&shared.stats.waited);
                 log::debug!(
                     "{}: no connection free; waiting in line; {}",

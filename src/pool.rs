@@ -314,7 +314,7 @@ impl<M: ConnectionManager> Shared<M> {
         if self.governor.is_failing() {
             // While creations fail the governor decides who may try: wake the oldest to ask.
             // It allows one creation at a time, so while one is in flight a woken waiter could
-            // only queue again (in the front lane, behind any other waiter doing so); that
+            // only queue again (in the front lane, in its order of arrival); that
             // creation's end (success, failure or drop) wakes waiters itself.
             if self.capacity.can_create(1) {
                 self.waitlist.wake_one();

@@ -23,17 +23,28 @@
 //! A call that has to queue again after leaving the line (its handed-over connection failed
 //! its check while no connect permit was free to replace it, it was woken to re-check, its
 //! backoff timer fired) has waited longer than every call that queued for the first time
-//! since: it takes a place in a second FIFO, the front lane, which producers serve first.
+//! since: it takes a place in a second lane, the front lane, which producers serve first.
 //! Sending it to the back would let every newer caller go first, once per stale connection
-//! during a failover.
+//! during a failover. The front lane is ordered by the ticket each call drew when it first
+//! queued, not by when it queued again: an older call whose check took longer, or which was
+//! woken alone to ask the connect governor and told to wait, goes back ahead of younger ones.
+//! It is a short sorted list under a lock, touched only while it holds anyone (producers read
+//! its length first), so the common wait, which never queues again, takes no lock.
 //!
 //! Whoever moves a slot out of `WAITING` decrements `waiting`, so it counts waiting slots
 //! exactly. A waiter that is cancelled after being served hands the connection on; one that is
 //! cancelled after being granted passes the reservation on; one that is cancelled after being
 //! woken wakes the next waiter, so no hand-off, reservation or wake-up is lost.
 
-use crate::sync::{Arc, AtomicUsize, Mutex, MutexGuard, Ordering, PoisonError, WaitQueue, fence};
+use crate::sync::{
+    Arc, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, PoisonError, WaitQueue, fence,
+};
 use event_listener::{Event, EventListener};
+use std::collections::VecDeque;
+
+/// A call's place in the order of arrival: drawn when it first queues, kept when it queues
+/// again.
+pub(crate) type Ticket = u64;
 
 const WAITING: usize = 0;
 const SERVED: usize = 1;
@@ -139,16 +150,68 @@ impl<C> HandOff<C> {
     }
 }
 
+/// Slots of calls queueing again, lowest ticket first.
+struct FrontLane<T> {
+    /// Sorted by ticket. Short: only calls that left the line and came back are here.
+    entries: Mutex<VecDeque<(Ticket, T)>>,
+    /// `entries.len()`, read without the lock: producers look at it on every hand-off while
+    /// anyone waits, and it is nearly always zero. Changed under the lock, by read-modify-
+    /// writes ahead of the registering waiter's fence (see `WaitList::register`).
+    len: AtomicUsize,
+}
+
+impl<T> FrontLane<T> {
+    fn new() -> Self {
+        Self {
+            entries: Mutex::new(VecDeque::new()),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Inserts `value` behind every entry with a lower ticket.
+    fn push(&self, ticket: Ticket, value: T) {
+        let mut entries = self.lock();
+        let at = entries.partition_point(|(queued, _)| *queued < ticket);
+        entries.insert(at, (ticket, value));
+        self.len.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Removes the entry with the lowest ticket.
+    fn pop(&self) -> Option<T> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut entries = self.lock();
+        let (_, value) = entries.pop_front()?;
+        self.len.fetch_sub(1, Ordering::SeqCst);
+        Some(value)
+    }
+
+    /// Whether the lane holds nothing; a snapshot.
+    fn is_empty(&self) -> bool {
+        self.len.load(Ordering::SeqCst) == 0
+    }
+
+    /// No code that can panic runs under the lock (a `VecDeque` that cannot grow aborts), so
+    /// it is never poisoned; if it were, the list is still whole.
+    fn lock(&self) -> MutexGuard<'_, VecDeque<(Ticket, T)>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The waiting `get_connection` calls, oldest first.
 pub(crate) struct WaitList<C> {
-    /// Published slots of calls queueing again, served before `queue`; oldest first, and
-    /// like `queue` may still hold slots that left `WAITING`.
-    front: WaitQueue<Arc<WaitSlot<C>>>,
+    /// Published slots of calls queueing again, served before `queue`; lowest ticket first,
+    /// and like `queue` may still hold slots that left `WAITING`.
+    front: FrontLane<Arc<WaitSlot<C>>>,
     /// Published slots of calls queueing for the first time, oldest first; may still hold
     /// slots that left `WAITING`.
     queue: WaitQueue<Arc<WaitSlot<C>>>,
     /// Slots in state `WAITING`.
     waiting: AtomicUsize,
+    /// The next call to queue for the first time draws this ticket. Next to `waiting`, which
+    /// the same registration has just written: no further cache line moves.
+    next_ticket: AtomicU64,
     /// Abandoned slots still in `front` or `queue` (counted before the swap, so never below
     /// the truth). Producers skip them as they meet them, but behind a waiting slot they would stay; a
     /// pool whose callers keep timing out while nothing comes back would pile them up.
@@ -161,9 +224,10 @@ const SWEEP_AFTER: usize = 1024;
 impl<C> WaitList<C> {
     pub(crate) fn new() -> Self {
         Self {
-            front: WaitQueue::new(),
+            front: FrontLane::new(),
             queue: WaitQueue::new(),
             waiting: AtomicUsize::new(0),
+            next_ticket: AtomicU64::new(0),
             abandoned: AtomicUsize::new(0),
         }
     }
@@ -173,9 +237,13 @@ impl<C> WaitList<C> {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    /// Publishes a new slot, already listened to: at the back of the line, or, for a call
-    /// that was in line before (`again`), at the back of the front lane.
-    pub(crate) fn register(&self, again: bool) -> (Arc<WaitSlot<C>>, EventListener) {
+    /// Publishes a new slot, already listened to: at the back of the line with a new ticket,
+    /// or, for a call that was in line before (with the ticket it drew then), in the front
+    /// lane behind every older call there. Returns the slot, its listener and the ticket.
+    pub(crate) fn register(
+        &self,
+        ticket: Option<Ticket>,
+    ) -> (Arc<WaitSlot<C>>, EventListener, Ticket) {
         // A fresh slot each time: recycling slots through a shared queue of spares made the
         // hold-mode cells where tasks wait about 10-30 % slower (the spare queue's and the
         // recycled slot's cache lines moved between cores on every wait; a fresh allocation
@@ -185,12 +253,22 @@ impl<C> WaitList<C> {
         // Count first, publish second: a producer that sees the count but not yet the slot
         // leaves its connection idle, and this waiter's re-check after publishing finds it.
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        let lane = if again { &self.front } else { &self.queue };
-        lane.push(Arc::clone(&slot));
+        let ticket = match ticket {
+            Some(ticket) => {
+                self.front.push(ticket, Arc::clone(&slot));
+                ticket
+            }
+            None => {
+                // Only the order matters, and the registration publishes it.
+                let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+                self.queue.push(Arc::clone(&slot));
+                ticket
+            }
+        };
         // Publish before the caller re-checks the idle queue; pairs with the fence in
         // `Shared::give` between its push and its look at the wait list.
         fence(Ordering::SeqCst);
-        (slot, listener)
+        (slot, listener, ticket)
     }
 
     /// Gives up `slot` on the waiter's side. Returns what the waiter must now deal with: a
@@ -312,10 +390,10 @@ mod tests {
     #[test]
     fn a_pile_of_abandoned_slots_is_swept_and_the_waiting_ones_woken() {
         let list = WaitList::<u32>::new();
-        let (first, _listener) = list.register(false);
+        let (first, _listener, _) = list.register(None);
         let mut peak = 0;
         for _ in 0..5 * SWEEP_AFTER {
-            let (slot, _listener) = list.register(false);
+            let (slot, _listener, _) = list.register(None);
             assert!(matches!(list.abandon(&slot), Resolution::Abandoned));
             peak = peak.max(list.abandoned.load(Ordering::SeqCst));
         }
@@ -331,8 +409,8 @@ mod tests {
     #[test]
     fn grant_resolves_the_oldest_waiting_slot_and_skips_abandoned_ones() {
         let list = WaitList::<u32>::new();
-        let (gone, _l1) = list.register(false);
-        let (oldest, _l2) = list.register(false);
+        let (gone, _l1, _) = list.register(None);
+        let (oldest, _l2, _) = list.register(None);
         assert!(matches!(list.abandon(&gone), Resolution::Abandoned));
         assert!(list.grant());
         assert!(matches!(oldest.resolution(), Resolution::Granted));
@@ -346,9 +424,9 @@ mod tests {
     #[test]
     fn offer_serves_the_oldest_waiting_slot_and_skips_abandoned_ones() {
         let list = WaitList::<u32>::new();
-        let (gone, _l1) = list.register(false);
-        let (oldest, _l2) = list.register(false);
-        let (younger, _l3) = list.register(false);
+        let (gone, _l1, _) = list.register(None);
+        let (oldest, _l2, _) = list.register(None);
+        let (younger, _l3, _) = list.register(None);
         assert!(matches!(list.abandon(&gone), Resolution::Abandoned));
         assert_eq!(list.offer(1), Ok(()));
         assert!(matches!(oldest.resolution(), Resolution::Served(1)));
@@ -358,5 +436,34 @@ mod tests {
         assert!(matches!(younger.resolution(), Resolution::Woken));
         assert!(matches!(list.abandon(&younger), Resolution::Woken));
         assert_eq!(list.abandoned.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn calls_queueing_again_are_served_by_first_arrival_ahead_of_newcomers() {
+        let list = WaitList::<u32>::new();
+        // Three calls queue; the two oldest leave the line (served a connection that then
+        // failed its check), the younger of them coming back first.
+        let (_, _l1, oldest) = list.register(None);
+        let (_, _l2, middle) = list.register(None);
+        let (_, _l3, _) = list.register(None);
+        assert!(oldest < middle);
+        assert_eq!(list.offer(1), Ok(()));
+        assert_eq!(list.offer(2), Ok(()));
+        let (middle_again, _l4, kept) = list.register(Some(middle));
+        assert_eq!(kept, middle);
+        let (oldest_again, _l5, _) = list.register(Some(oldest));
+        let (newcomer, _l6, newest) = list.register(None);
+        assert!(newest > middle);
+        assert_eq!(list.offer(3), Ok(()));
+        assert!(matches!(oldest_again.resolution(), Resolution::Served(3)));
+        assert_eq!(list.offer(4), Ok(()));
+        assert!(matches!(middle_again.resolution(), Resolution::Served(4)));
+        // Then the first-time line: the third call, then the newcomer.
+        assert_eq!(list.offer(5), Ok(()));
+        assert!(matches!(newcomer.resolution(), Resolution::Waiting));
+        assert_eq!(list.offer(6), Ok(()));
+        assert!(matches!(newcomer.resolution(), Resolution::Served(6)));
+        assert!(list.is_empty());
+        assert_eq!(list.waiting(), 0);
     }
 }

@@ -258,3 +258,102 @@ fn waiters_woken_by_a_failed_creation_stay_ahead_of_callers_that_came_after_them
     assert!(block_on(poll_once(second.as_mut())).is_none());
     assert!(block_on(poll_once(newcomer.as_mut())).is_none());
 }
+
+#[test]
+fn waiters_that_queue_again_keep_their_order_of_arrival_not_the_order_they_came_back_in() {
+    use futures_lite::future::{block_on, poll_once};
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(4)
+        .max_connecting(1)
+        .validation(ValidationPolicy::Always)
+        .no_runtime()
+        .build()
+        .unwrap();
+    let (a, b, c) = (
+        block_on(pool.get_connection()).unwrap(),
+        block_on(pool.get_connection()).unwrap(),
+        block_on(pool.get_connection()).unwrap(),
+    );
+    // A creation that never ends holds the only connect permit.
+    manager.counts.set_create(Gate::Hang);
+    let mut creating = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(creating.as_mut())).is_none());
+    let mut older = Box::pin(pool.get_connection());
+    let mut younger = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(older.as_mut())).is_none(), "waits");
+    assert!(block_on(poll_once(younger.as_mut())).is_none(), "waits");
+    // Each is handed a connection that fails its check, and queues again: the younger
+    // first, since it runs first (the older one's check might just take longer).
+    manager.counts.set_validate(Gate::Fail);
+    drop(a);
+    drop(b);
+    for _ in 0..10 {
+        assert!(block_on(poll_once(younger.as_mut())).is_none());
+    }
+    for _ in 0..10 {
+        assert!(block_on(poll_once(older.as_mut())).is_none());
+    }
+    assert_eq!(pool.status().waiters, 2);
+    manager.counts.set_validate(Gate::Ok);
+    drop(c);
+    let oldest = block_on(poll_once(older.as_mut()));
+    assert!(matches!(oldest, Some(Ok(_))), "the older waiter is served");
+    let other = block_on(poll_once(younger.as_mut()));
+    assert!(other.is_none(), "the younger one still waits: {other:?}");
+}
+
+#[test]
+fn a_waiter_woken_alone_during_an_outage_and_told_to_wait_keeps_its_place() {
+    use futures_lite::future::{block_on, poll_once};
+    let manager = TestManager::new();
+    // The manual runtime spawns on tokio.
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let _context = tokio.enter();
+    // A clock that stands still: the governor's backoff holds for the whole test.
+    let clock = common::ManualClock::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(3)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(common::ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    let mut held: Vec<_> = (0..3)
+        .map(|_| block_on(pool.get_connection()).unwrap())
+        .collect();
+    let mut waiters: Vec<_> = (0..3).map(|_| Box::pin(pool.get_connection())).collect();
+    for waiter in &mut waiters {
+        assert!(block_on(poll_once(waiter.as_mut())).is_none(), "waits");
+    }
+    // A broken connection's slot goes to the first waiter, whose creation fails: the
+    // outage begins, and the other two are woken, re-check and queue again.
+    manager.counts.set_create(Gate::Fail);
+    let mut broken = held.pop().unwrap();
+    broken.mark_broken();
+    drop(broken);
+    let failed = (0..10).find_map(|_| block_on(poll_once(waiters[0].as_mut())));
+    assert!(matches!(failed, Some(Err(_))), "{failed:?}");
+    for waiter in &mut waiters[1..] {
+        assert!(
+            block_on(poll_once(waiter.as_mut())).is_none(),
+            "waits again"
+        );
+    }
+    // Another breakage wakes the oldest alone to ask the governor, which says wait.
+    let mut broken = held.pop().unwrap();
+    broken.mark_broken();
+    drop(broken);
+    assert!(
+        block_on(poll_once(waiters[1].as_mut())).is_none(),
+        "waits again"
+    );
+    assert!(block_on(poll_once(waiters[2].as_mut())).is_none());
+    assert_eq!(pool.status().waiters, 2);
+    // The last connection comes back healthy: it goes to the older of the two.
+    drop(held.pop());
+    let oldest = block_on(poll_once(waiters[1].as_mut()));
+    assert!(matches!(oldest, Some(Ok(_))), "the older waiter is served");
+    let other = block_on(poll_once(waiters[2].as_mut()));
+    assert!(other.is_none(), "the younger one still waits: {other:?}");
+}
