@@ -104,7 +104,15 @@ impl<E> Governor<E> {
         message: String,
         permanent: Option<StdArc<E>>,
     ) -> usize {
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        // Saturating: a wrap to zero would read as "not failing" and let a burst of creations
+        // through (reachable on a 32-bit target without a runtime, whose failures do not wait).
+        let failures = match self
+            .failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(1))
+            }) {
+            Ok(before) | Err(before) => before.saturating_add(1),
+        };
         let is_permanent = permanent.is_some();
         if let Ok(mut last) = self.last.lock() {
             *last = Some(LastFailure {
@@ -197,6 +205,16 @@ mod tests {
             assert!(delay >= expected.mul_f64(0.75), "{failures}: {delay:?}");
             assert!(delay < expected.mul_f64(1.25), "{failures}: {delay:?}");
         }
+    }
+
+    #[test]
+    fn the_failure_count_saturates_rather_than_wrapping_to_not_failing() {
+        let epoch = Instant::now();
+        let governor = Governor::<std::io::Error>::new(epoch, false);
+        governor.failures.store(usize::MAX - 1, Ordering::Relaxed);
+        assert_eq!(governor.failed(epoch, "refused".into(), None), usize::MAX);
+        assert_eq!(governor.failed(epoch, "refused".into(), None), usize::MAX);
+        assert!(governor.is_failing());
     }
 
     #[test]
