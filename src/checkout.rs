@@ -267,19 +267,32 @@ fn timed_out<M: ConnectionManager>(
     let last_error = shared.create_error_since(start);
     // A zero limit asks "only if one is ready": its timeouts are routine, not a warning,
     // except one that cut a check short, which destroyed a connection that may have been
-    // healthy.
-    let level =
-        if deadline.wait_timeout == Some(Duration::ZERO) && phase != TimeoutPhase::Validating {
-            log::Level::Debug
-        } else {
-            log::Level::Warn
-        };
-    log::log!(
-        level,
-        "{}: get_connection timed out {phase}; {}",
-        shared.config.name,
-        shared.occupancy(),
-    );
+    // healthy. Of the others, one a second is a warning (see `Throttle`).
+    let routine =
+        deadline.wait_timeout == Some(Duration::ZERO) && phase != TimeoutPhase::Validating;
+    let warning = if routine || !log::log_enabled!(log::Level::Warn) {
+        None
+    } else {
+        shared.timeout_warnings.admit(shared.stamp())
+    };
+    match warning {
+        Some(0) => log::warn!(
+            "{}: get_connection timed out {phase}; {}",
+            shared.config.name,
+            shared.occupancy(),
+        ),
+        Some(held_back) => log::warn!(
+            "{}: get_connection timed out {phase}; {}; {held_back} more timed out since the \
+             last such warning (logged at debug)",
+            shared.config.name,
+            shared.occupancy(),
+        ),
+        None => log::debug!(
+            "{}: get_connection timed out {phase}; {}",
+            shared.config.name,
+            shared.occupancy(),
+        ),
+    }
     PoolError::Timeout { phase, last_error }
 }
 

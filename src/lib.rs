@@ -285,6 +285,7 @@ mod status;
 mod sync;
 #[cfg(feature = "tcp")]
 mod tcp;
+mod throttle;
 mod waitlist;
 
 pub use builder::Builder;

@@ -89,6 +89,7 @@ use crate::{
     runtime::run_bounded,
     status::{DestroyReason, Occupancy, Stats, Status},
     sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, IdleQueue, Ordering, StdArc, fence},
+    throttle::Throttle,
     waitlist::WaitList,
 };
 use std::{
@@ -153,6 +154,8 @@ pub(crate) struct Shared<M: ConnectionManager> {
     /// `get_connection` calls waiting in line, served oldest first by hand-off.
     pub(crate) waitlist: WaitList<Conn<M::Connection>>,
     pub(crate) stats: Stats,
+    /// Keeps a timeout on every waiting call (an outage) from writing a warning each.
+    pub(crate) timeout_warnings: Throttle,
     /// Receives the pool's events; `None` (one branch per event site) unless set.
     pub(crate) observer: Option<Box<dyn PoolObserver>>,
     /// Bumped to stop the running cleanup loop; a loop runs while its number is current.
@@ -219,6 +222,7 @@ impl<M: ConnectionManager> Shared<M> {
             handles: AtomicUsize::new(1),
             waitlist: WaitList::new(),
             stats: Stats::default(),
+            timeout_warnings: Throttle::new(),
             observer,
             cleanup_generation: AtomicU64::new(0),
             background_stop: StopSignal::new(),

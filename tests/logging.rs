@@ -96,6 +96,56 @@ async fn a_timeout_is_a_warning_but_a_miss_with_a_zero_limit_is_routine() {
 }
 
 #[tokio::test]
+async fn timeouts_of_many_waiters_at_once_give_one_warning_a_second() {
+    let (pool, _manager, clock) = pool("outage");
+    let _held = pool.get_connection().await.unwrap();
+    let wait_all = |calls: usize| {
+        (0..calls)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    pool.get_connection_timeout(Duration::from_secs(1))
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = wait_all(5);
+    eventually("five calls wait", || pool.status().waiters == 5).await;
+    clock.advance(Duration::from_secs(2));
+    for call in first {
+        assert!(matches!(
+            call.await.unwrap(),
+            Err(PoolError::Timeout { .. })
+        ));
+    }
+    use log::Level::{Debug, Warn};
+    assert_eq!(
+        levels_of("outage: get_connection timed out"),
+        [Warn, Debug, Debug, Debug, Debug]
+    );
+    // A second later the next timeout is a warning again, and says what was held back.
+    let second = wait_all(1);
+    eventually("the call waits", || pool.status().waiters == 1).await;
+    clock.advance(Duration::from_secs(2));
+    for call in second {
+        assert!(call.await.unwrap().is_err());
+    }
+    let records = records_of("outage: get_connection timed out");
+    assert_eq!(records.len(), 6);
+    assert_eq!(records[5].0, Warn);
+    assert!(
+        records[5]
+            .1
+            .ends_with("; 4 more timed out since the last such warning (logged at debug)"),
+        "{}",
+        records[5].1
+    );
+    assert_eq!(pool.status().counters.timeouts, 6, "every one is counted");
+}
+
+#[tokio::test]
 async fn a_call_that_starts_to_wait_is_logged_once_with_the_counts() {
     let (pool, _manager, _clock) = pool("waits");
     let held = pool.get_connection().await.unwrap();
