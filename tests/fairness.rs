@@ -220,43 +220,32 @@ fn a_waiter_whose_connection_fails_validation_while_every_permit_is_busy_keeps_i
 #[test]
 fn waiters_woken_by_a_failed_creation_stay_ahead_of_callers_that_came_after_them() {
     use futures_lite::future::{block_on, poll_once};
-    let manager = TestManager::new();
-    // The manual runtime spawns on tokio.
-    let tokio = tokio::runtime::Runtime::new().unwrap();
-    let _context = tokio.enter();
-    // A clock that stands still: the governor's backoff holds for the whole test.
-    let clock = common::ManualClock::new();
-    let pool = ConnectionPool::builder(manager.clone())
-        .max_size(2)
-        .validation(ValidationPolicy::Never)
-        .cleanup_interval(None)
-        .runtime(common::ManualRuntime::new(&clock))
-        .build()
-        .unwrap();
-    let held = block_on(pool.get_connection()).unwrap();
-    manager.counts.set_create(Gate::Fail);
-    let mut failing = Box::pin(pool.get_connection());
-    assert!(block_on(poll_once(failing.as_mut())).is_none(), "creating");
-    let mut first = Box::pin(pool.get_connection());
-    let mut second = Box::pin(pool.get_connection());
-    assert!(block_on(poll_once(first.as_mut())).is_none(), "waits");
-    assert!(block_on(poll_once(second.as_mut())).is_none(), "waits");
-    // The creation fails and wakes every waiter to re-check; a caller comes along before
-    // they run, and they queue again (the governor holds creations back).
-    assert!(block_on(poll_once(failing.as_mut())).is_some_and(|got| got.is_err()));
-    let mut newcomer = Box::pin(pool.get_connection());
-    assert!(block_on(poll_once(newcomer.as_mut())).is_none(), "waits");
-    assert!(block_on(poll_once(first.as_mut())).is_none(), "waits again");
-    assert!(
-        block_on(poll_once(second.as_mut())).is_none(),
-        "waits again"
-    );
-    assert_eq!(pool.status().waiters, 3);
-    drop(held);
-    let oldest = block_on(poll_once(first.as_mut()));
-    assert!(matches!(oldest, Some(Ok(_))), "the oldest waiter is served");
-    assert!(block_on(poll_once(second.as_mut())).is_none());
-    assert!(block_on(poll_once(newcomer.as_mut())).is_none());
+    with_backoff_that_holds(2, |pool, manager| {
+        let held = block_on(pool.get_connection()).unwrap();
+        manager.counts.set_create(Gate::Fail);
+        let mut failing = Box::pin(pool.get_connection());
+        assert!(block_on(poll_once(failing.as_mut())).is_none(), "creating");
+        let mut first = Box::pin(pool.get_connection());
+        let mut second = Box::pin(pool.get_connection());
+        assert!(block_on(poll_once(first.as_mut())).is_none(), "waits");
+        assert!(block_on(poll_once(second.as_mut())).is_none(), "waits");
+        // The creation fails and wakes every waiter to re-check; a caller comes along before
+        // they run, and they queue again (the governor holds creations back).
+        assert!(block_on(poll_once(failing.as_mut())).is_some_and(|got| got.is_err()));
+        let mut newcomer = Box::pin(pool.get_connection());
+        assert!(block_on(poll_once(newcomer.as_mut())).is_none(), "waits");
+        assert!(block_on(poll_once(first.as_mut())).is_none(), "waits again");
+        assert!(
+            block_on(poll_once(second.as_mut())).is_none(),
+            "waits again"
+        );
+        assert_eq!(pool.status().waiters, 3);
+        drop(held);
+        let oldest = block_on(poll_once(first.as_mut()));
+        assert!(matches!(oldest, Some(Ok(_))), "the oldest waiter is served");
+        assert!(block_on(poll_once(second.as_mut())).is_none());
+        assert!(block_on(poll_once(newcomer.as_mut())).is_none());
+    });
 }
 
 #[test]
@@ -306,54 +295,64 @@ fn waiters_that_queue_again_keep_their_order_of_arrival_not_the_order_they_came_
 #[test]
 fn a_waiter_woken_alone_during_an_outage_and_told_to_wait_keeps_its_place() {
     use futures_lite::future::{block_on, poll_once};
+    with_backoff_that_holds(3, |pool, manager| {
+        let mut held: Vec<_> = (0..3)
+            .map(|_| block_on(pool.get_connection()).unwrap())
+            .collect();
+        let mut waiters: Vec<_> = (0..3).map(|_| Box::pin(pool.get_connection())).collect();
+        for waiter in &mut waiters {
+            assert!(block_on(poll_once(waiter.as_mut())).is_none(), "waits");
+        }
+        // A broken connection's slot goes to the first waiter, whose creation fails: the
+        // outage begins, and the other two are woken, re-check and queue again.
+        manager.counts.set_create(Gate::Fail);
+        let mut broken = held.pop().unwrap();
+        broken.mark_broken();
+        drop(broken);
+        let failed = (0..10).find_map(|_| block_on(poll_once(waiters[0].as_mut())));
+        assert!(matches!(failed, Some(Err(_))), "{failed:?}");
+        for waiter in &mut waiters[1..] {
+            assert!(
+                block_on(poll_once(waiter.as_mut())).is_none(),
+                "waits again"
+            );
+        }
+        // Another breakage wakes the oldest alone to ask the governor, which says wait.
+        let mut broken = held.pop().unwrap();
+        broken.mark_broken();
+        drop(broken);
+        assert!(
+            block_on(poll_once(waiters[1].as_mut())).is_none(),
+            "waits again"
+        );
+        assert!(block_on(poll_once(waiters[2].as_mut())).is_none());
+        assert_eq!(pool.status().waiters, 2);
+        // The last connection comes back healthy: it goes to the older of the two.
+        drop(held.pop());
+        let oldest = block_on(poll_once(waiters[1].as_mut()));
+        assert!(matches!(oldest, Some(Ok(_))), "the older waiter is served");
+        let other = block_on(poll_once(waiters[2].as_mut()));
+        assert!(other.is_none(), "the younger one still waits: {other:?}");
+    });
+}
+
+/// Runs `test` on a pool of `max_size` whose runtime's clock stands still, so that once a
+/// creation fails, the governor's backoff holds for the whole test.
+fn with_backoff_that_holds(
+    max_size: usize,
+    test: impl FnOnce(&ConnectionPool<TestManager>, &TestManager),
+) {
     let manager = TestManager::new();
     // The manual runtime spawns on tokio.
     let tokio = tokio::runtime::Runtime::new().unwrap();
     let _context = tokio.enter();
-    // A clock that stands still: the governor's backoff holds for the whole test.
     let clock = common::ManualClock::new();
     let pool = ConnectionPool::builder(manager.clone())
-        .max_size(3)
+        .max_size(max_size)
         .validation(ValidationPolicy::Never)
         .cleanup_interval(None)
         .runtime(common::ManualRuntime::new(&clock))
         .build()
         .unwrap();
-    let mut held: Vec<_> = (0..3)
-        .map(|_| block_on(pool.get_connection()).unwrap())
-        .collect();
-    let mut waiters: Vec<_> = (0..3).map(|_| Box::pin(pool.get_connection())).collect();
-    for waiter in &mut waiters {
-        assert!(block_on(poll_once(waiter.as_mut())).is_none(), "waits");
-    }
-    // A broken connection's slot goes to the first waiter, whose creation fails: the
-    // outage begins, and the other two are woken, re-check and queue again.
-    manager.counts.set_create(Gate::Fail);
-    let mut broken = held.pop().unwrap();
-    broken.mark_broken();
-    drop(broken);
-    let failed = (0..10).find_map(|_| block_on(poll_once(waiters[0].as_mut())));
-    assert!(matches!(failed, Some(Err(_))), "{failed:?}");
-    for waiter in &mut waiters[1..] {
-        assert!(
-            block_on(poll_once(waiter.as_mut())).is_none(),
-            "waits again"
-        );
-    }
-    // Another breakage wakes the oldest alone to ask the governor, which says wait.
-    let mut broken = held.pop().unwrap();
-    broken.mark_broken();
-    drop(broken);
-    assert!(
-        block_on(poll_once(waiters[1].as_mut())).is_none(),
-        "waits again"
-    );
-    assert!(block_on(poll_once(waiters[2].as_mut())).is_none());
-    assert_eq!(pool.status().waiters, 2);
-    // The last connection comes back healthy: it goes to the older of the two.
-    drop(held.pop());
-    let oldest = block_on(poll_once(waiters[1].as_mut()));
-    assert!(matches!(oldest, Some(Ok(_))), "the older waiter is served");
-    let other = block_on(poll_once(waiters[2].as_mut()));
-    assert!(other.is_none(), "the younger one still waits: {other:?}");
+    test(&pool, &manager);
 }
