@@ -40,6 +40,13 @@ use std::future::Future;
 /// ```
 pub trait ConnectionManager: Send + Sync + 'static {
     /// The connection type the pool hands out.
+    ///
+    /// It is moved, not boxed: the idle queue holds `max_size` of them, and each call that
+    /// waits allocates a place in line with room for one to be handed over in. The places of
+    /// calls that gave up are freed as connections come back, or swept once about a thousand
+    /// have piled up: while nothing comes back, a type of several kilobytes (a large inline
+    /// buffer) costs up to a thousand times its size in a storm of timed-out waiters. Box such
+    /// a type (`Box<MyConnection>`) to keep that small.
     type Connection: Send + 'static;
 
     /// The error `create_connection` and `is_valid` fail with.
