@@ -156,6 +156,9 @@ pub(crate) struct Shared<M: ConnectionManager> {
     pub(crate) stats: Stats,
     /// Keeps a timeout on every waiting call (an outage) from writing a warning each.
     pub(crate) timeout_warnings: Throttle,
+    /// Likewise for creation failures: without a runtime there is no backoff, and every
+    /// call that needs a connection during an outage dials and fails.
+    create_failure_warnings: Throttle,
     /// Receives the pool's events; `None` (one branch per event site) unless set.
     pub(crate) observer: Option<Box<dyn PoolObserver>>,
     /// Bumped to stop the running cleanup loop; a loop runs while its number is current.
@@ -223,6 +226,7 @@ impl<M: ConnectionManager> Shared<M> {
             waitlist: WaitList::new(),
             stats: Stats::default(),
             timeout_warnings: Throttle::new(),
+            create_failure_warnings: Throttle::new(),
             observer,
             cleanup_generation: AtomicU64::new(0),
             background_stop: StopSignal::new(),
@@ -642,7 +646,18 @@ impl<M: ConnectionManager> Shared<M> {
         // As in `wake_creator`: the freed slot and permit before the look at the wait list.
         fence(Ordering::SeqCst);
         self.waitlist.wake_all();
-        log::warn!(
+        // The count in a row says how many were held back at debug.
+        let level = if self
+            .create_failure_warnings
+            .admit(clock::stamp_of(now))
+            .is_some()
+        {
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
             "{}: could not create a connection ({kind}, {failures} in a row): {message}; {}",
             self.config.name,
             self.occupancy(),

@@ -1,5 +1,6 @@
 //! At most one warning a second for an event that can come once per call. In an outage every
-//! waiting call times out: a thousand waiters would write thousands of warnings a second,
+//! waiting call times out, and without a runtime (so without backoff) every call that needs a
+//! connection dials and fails: a thousand callers would write thousands of warnings a second,
 //! each saying the same thing. The rest are logged at debug, and the next warning says how
 //! many there were.
 

@@ -145,6 +145,36 @@ async fn timeouts_of_many_waiters_at_once_give_one_warning_a_second() {
     assert_eq!(pool.status().counters.timeouts, 6, "every one is counted");
 }
 
+#[test]
+fn failures_to_create_without_a_runtime_give_one_warning_a_second() {
+    let _ = log::set_logger(&CAPTURE);
+    log::set_max_level(log::LevelFilter::Trace);
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .name("no-backoff")
+        .no_runtime()
+        .build()
+        .unwrap();
+    // Without a runtime a transient failure does not hold the next call back: each dials.
+    manager.counts.set_create(Gate::Fail);
+    for _ in 0..4 {
+        let failed = futures_lite::future::block_on(pool.get_connection());
+        assert!(matches!(failed, Err(PoolError::Backend(_))), "{failed:?}");
+    }
+    assert_eq!(manager.counts.create_calls(), 4);
+    let records = records_of("no-backoff: could not create a connection");
+    use log::Level::{Debug, Warn};
+    assert_eq!(
+        records.iter().map(|(level, _)| *level).collect::<Vec<_>>(),
+        [Warn, Debug, Debug, Debug]
+    );
+    assert!(
+        records[3].1.contains("(transient, 4 in a row)"),
+        "{}",
+        records[3].1
+    );
+}
+
 #[tokio::test]
 async fn a_call_that_starts_to_wait_is_logged_once_with_the_counts() {
     let (pool, _manager, _clock) = pool("waits");
