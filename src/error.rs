@@ -32,6 +32,9 @@ impl fmt::Display for TimeoutPhase {
 #[non_exhaustive]
 pub enum PoolError<E> {
     /// A deadline passed before a connection was ready.
+    ///
+    /// Its fields may grow: match it with `Timeout { phase, .. }`.
+    #[non_exhaustive]
     Timeout {
         /// What the call was doing when its time ran out.
         phase: TimeoutPhase,
@@ -62,6 +65,9 @@ pub enum PoolError<E> {
     /// [`get_connection_timeout`](crate::ConnectionPool::get_connection_timeout) or
     /// [`restart_cleanup_task`](crate::ConnectionPool::restart_cleanup_task) called) but no
     /// [`Runtime`](crate::Runtime) was given to supply timers and spawning.
+    ///
+    /// Its fields may grow: match it with `NoRuntime { setting, .. }`.
+    #[non_exhaustive]
     NoRuntime {
         /// The setting, or the method, that needs a runtime.
         setting: &'static str,

@@ -155,7 +155,8 @@ fn timers_without_a_runtime_are_refused() {
             assert!(matches!(
                 e,
                 PoolError::NoRuntime {
-                    setting: "connection_timeout"
+                    setting: "connection_timeout",
+                    ..
                 }
             ));
             assert!(e.to_string().contains("Builder::no_runtime()"), "{e}");
@@ -212,6 +213,7 @@ async fn runtime_only_calls_are_refused_without_a_runtime() {
         Err(
             e @ PoolError::NoRuntime {
                 setting: "get_connection_timeout",
+                ..
             },
         ) => {
             // A method, not a setting: the way out is the untimed call.

@@ -236,7 +236,8 @@ fn leak_detection_needs_a_runtime_and_a_nonzero_threshold() {
     assert!(matches!(
         refused,
         Err(PoolError::NoRuntime {
-            setting: "leak_detection_threshold"
+            setting: "leak_detection_threshold",
+            ..
         })
     ));
     let zero = ConnectionPool::builder(TestManager::new())

@@ -40,7 +40,9 @@ fn timeout<T: std::fmt::Debug>(
     result: Result<T, PoolError<common::TestError>>,
 ) -> (TimeoutPhase, Option<String>) {
     match result {
-        Err(PoolError::Timeout { phase, last_error }) => (phase, last_error),
+        Err(PoolError::Timeout {
+            phase, last_error, ..
+        }) => (phase, last_error),
         other => panic!("expected a timeout, got {other:?}"),
     }
 }
@@ -121,7 +123,10 @@ async fn the_wait_deadline_also_bounds_creation() {
     clock.advance(Duration::from_secs(4));
     match getter.await.unwrap() {
         Err(e @ PoolError::Timeout { .. }) => {
-            let PoolError::Timeout { phase, last_error } = &e else {
+            let PoolError::Timeout {
+                phase, last_error, ..
+            } = &e
+            else {
                 unreachable!()
             };
             assert_eq!(*phase, TimeoutPhase::Creating);

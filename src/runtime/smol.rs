@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// let runtime = SmolRuntime::new();
 /// # let _ = runtime;
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SmolRuntime {
     _private: (),
 }
