@@ -178,43 +178,31 @@ fn a_waiter_whose_connection_fails_validation_creates_with_its_slot_and_keeps_it
 #[test]
 fn a_waiter_whose_connection_fails_validation_while_every_permit_is_busy_keeps_its_place() {
     use futures_lite::future::{block_on, poll_once};
-    let manager = TestManager::new();
-    let pool = ConnectionPool::builder(manager.clone())
-        .max_size(4)
-        .max_connecting(1)
-        .validation(ValidationPolicy::Always)
-        .no_runtime()
-        .build()
-        .unwrap();
-    let a = block_on(pool.get_connection()).unwrap();
-    let b = block_on(pool.get_connection()).unwrap();
-    // A creation that never ends holds the only connect permit (think: a failover, with
-    // reconnects in flight while the pooled connections are stale).
-    manager.counts.set_create(Gate::Hang);
-    let mut creating = Box::pin(pool.get_connection());
-    assert!(block_on(poll_once(creating.as_mut())).is_none());
-    let mut first = Box::pin(pool.get_connection());
-    let mut second = Box::pin(pool.get_connection());
-    assert!(block_on(poll_once(first.as_mut())).is_none(), "waits");
-    assert!(block_on(poll_once(second.as_mut())).is_none(), "waits");
-    // The connection reaches the oldest waiter and fails its check there; with no permit
-    // free to create with, that waiter has to queue again.
-    manager.counts.set_validate(Gate::Fail);
-    drop(a);
-    for _ in 0..10 {
-        assert!(block_on(poll_once(first.as_mut())).is_none(), "waits again");
-    }
-    assert_eq!(pool.status().waiters, 2);
-    manager.counts.set_validate(Gate::Ok);
-    // The next connection back goes to it, not to the waiter that queued after it.
-    drop(b);
-    let oldest = block_on(poll_once(first.as_mut()));
-    assert!(matches!(oldest, Some(Ok(_))), "the oldest waiter is served");
-    let younger = block_on(poll_once(second.as_mut()));
-    assert!(
-        younger.is_none(),
-        "the younger one still waits: {younger:?}"
-    );
+    with_the_only_permit_held(2, |pool, manager, mut held| {
+        let (b, a) = (held.pop().unwrap(), held.pop().unwrap());
+        let mut first = Box::pin(pool.get_connection());
+        let mut second = Box::pin(pool.get_connection());
+        assert!(block_on(poll_once(first.as_mut())).is_none(), "waits");
+        assert!(block_on(poll_once(second.as_mut())).is_none(), "waits");
+        // The connection reaches the oldest waiter and fails its check there; with no permit
+        // free to create with, that waiter has to queue again.
+        manager.counts.set_validate(Gate::Fail);
+        drop(a);
+        for _ in 0..10 {
+            assert!(block_on(poll_once(first.as_mut())).is_none(), "waits again");
+        }
+        assert_eq!(pool.status().waiters, 2);
+        manager.counts.set_validate(Gate::Ok);
+        // The next connection back goes to it, not to the waiter that queued after it.
+        drop(b);
+        let oldest = block_on(poll_once(first.as_mut()));
+        assert!(matches!(oldest, Some(Ok(_))), "the oldest waiter is served");
+        let younger = block_on(poll_once(second.as_mut()));
+        assert!(
+            younger.is_none(),
+            "the younger one still waits: {younger:?}"
+        );
+    });
 }
 
 #[test]
@@ -251,45 +239,35 @@ fn waiters_woken_by_a_failed_creation_stay_ahead_of_callers_that_came_after_them
 #[test]
 fn waiters_that_queue_again_keep_their_order_of_arrival_not_the_order_they_came_back_in() {
     use futures_lite::future::{block_on, poll_once};
-    let manager = TestManager::new();
-    let pool = ConnectionPool::builder(manager.clone())
-        .max_size(4)
-        .max_connecting(1)
-        .validation(ValidationPolicy::Always)
-        .no_runtime()
-        .build()
-        .unwrap();
-    let (a, b, c) = (
-        block_on(pool.get_connection()).unwrap(),
-        block_on(pool.get_connection()).unwrap(),
-        block_on(pool.get_connection()).unwrap(),
-    );
-    // A creation that never ends holds the only connect permit.
-    manager.counts.set_create(Gate::Hang);
-    let mut creating = Box::pin(pool.get_connection());
-    assert!(block_on(poll_once(creating.as_mut())).is_none());
-    let mut older = Box::pin(pool.get_connection());
-    let mut younger = Box::pin(pool.get_connection());
-    assert!(block_on(poll_once(older.as_mut())).is_none(), "waits");
-    assert!(block_on(poll_once(younger.as_mut())).is_none(), "waits");
-    // Each is handed a connection that fails its check, and queues again: the younger
-    // first, since it runs first (the older one's check might just take longer).
-    manager.counts.set_validate(Gate::Fail);
-    drop(a);
-    drop(b);
-    for _ in 0..10 {
-        assert!(block_on(poll_once(younger.as_mut())).is_none());
-    }
-    for _ in 0..10 {
-        assert!(block_on(poll_once(older.as_mut())).is_none());
-    }
-    assert_eq!(pool.status().waiters, 2);
-    manager.counts.set_validate(Gate::Ok);
-    drop(c);
-    let oldest = block_on(poll_once(older.as_mut()));
-    assert!(matches!(oldest, Some(Ok(_))), "the older waiter is served");
-    let other = block_on(poll_once(younger.as_mut()));
-    assert!(other.is_none(), "the younger one still waits: {other:?}");
+    with_the_only_permit_held(3, |pool, manager, mut held| {
+        let (c, b, a) = (
+            held.pop().unwrap(),
+            held.pop().unwrap(),
+            held.pop().unwrap(),
+        );
+        let mut older = Box::pin(pool.get_connection());
+        let mut younger = Box::pin(pool.get_connection());
+        assert!(block_on(poll_once(older.as_mut())).is_none(), "waits");
+        assert!(block_on(poll_once(younger.as_mut())).is_none(), "waits");
+        // Each is handed a connection that fails its check, and queues again: the younger
+        // first, since it runs first (the older one's check might just take longer).
+        manager.counts.set_validate(Gate::Fail);
+        drop(a);
+        drop(b);
+        for _ in 0..10 {
+            assert!(block_on(poll_once(younger.as_mut())).is_none());
+        }
+        for _ in 0..10 {
+            assert!(block_on(poll_once(older.as_mut())).is_none());
+        }
+        assert_eq!(pool.status().waiters, 2);
+        manager.counts.set_validate(Gate::Ok);
+        drop(c);
+        let oldest = block_on(poll_once(older.as_mut()));
+        assert!(matches!(oldest, Some(Ok(_))), "the older waiter is served");
+        let other = block_on(poll_once(younger.as_mut()));
+        assert!(other.is_none(), "the younger one still waits: {other:?}");
+    });
 }
 
 #[test]
@@ -355,4 +333,34 @@ fn with_backoff_that_holds(
         .build()
         .unwrap();
     test(&pool, &manager);
+}
+
+/// Runs `test` on a pool of four that checks every checkout and opens one connection at a
+/// time, with `held` connections checked out (handed to `test`, oldest first) and the only
+/// connect permit taken by a creation that never ends (think: a failover, with reconnects in
+/// flight while the pooled connections are stale).
+fn with_the_only_permit_held(
+    held: usize,
+    test: impl for<'p> FnOnce(
+        &'p ConnectionPool<TestManager>,
+        &TestManager,
+        Vec<connection_pool::PooledConnection<'p, TestManager>>,
+    ),
+) {
+    use futures_lite::future::{block_on, poll_once};
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(4)
+        .max_connecting(1)
+        .validation(ValidationPolicy::Always)
+        .no_runtime()
+        .build()
+        .unwrap();
+    let connections = (0..held)
+        .map(|_| block_on(pool.get_connection()).unwrap())
+        .collect();
+    manager.counts.set_create(Gate::Hang);
+    let mut creating = Box::pin(pool.get_connection());
+    assert!(block_on(poll_once(creating.as_mut())).is_none());
+    test(&pool, &manager, connections);
 }
