@@ -40,7 +40,14 @@ impl Capacity {
 
     /// `create_connection` calls in flight.
     pub(crate) fn connecting(&self) -> usize {
-        (self.word.load(Ordering::Acquire) >> 32) as usize
+        self.read().1
+    }
+
+    /// Slots in use and creations in flight, read together: `connecting <= size` holds
+    /// between the two, as it does not between a `size()` and a later `connecting()`.
+    pub(crate) fn read(&self) -> (usize, usize) {
+        let word = self.word.load(Ordering::Acquire);
+        ((word & SLOT_MASK) as usize, (word >> 32) as usize)
     }
 
     /// Takes a slot and a permit together, if a slot is free and fewer than `max_connecting`

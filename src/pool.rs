@@ -784,14 +784,17 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     pub(crate) fn status(&self) -> Status {
-        let size = self.capacity.size();
-        let idle = self.idle.len();
+        let (size, connecting) = self.capacity.read();
+        // Read after `size`: a creation and a return in between can make the queue hold more
+        // than `size` said. Each idle connection holds a slot, so at most `size` are idle
+        // (minus those being created) at any one instant; the snapshot keeps to that.
+        let idle = self.idle.len().min(size - connecting);
         Status {
             max_size: self.config.max_size,
             size,
             idle,
-            in_use: size.saturating_sub(idle),
-            connecting: self.capacity.connecting(),
+            in_use: size - idle,
+            connecting,
             waiters: self.waitlist.waiting(),
             counters: self.stats.snapshot(),
         }
