@@ -15,6 +15,7 @@ use crate::{
 };
 use event_listener::EventListener;
 use std::{
+    fmt,
     future::Future,
     panic::Location,
     pin::Pin,
@@ -275,25 +276,33 @@ fn timed_out<M: ConnectionManager>(
     } else {
         shared.timeout_warnings.admit(shared.stamp())
     };
-    match warning {
-        Some(0) => log::warn!(
-            "{}: get_connection timed out {phase}; {}",
-            shared.config.name,
-            shared.occupancy(),
-        ),
-        Some(held_back) => log::warn!(
-            "{}: get_connection timed out {phase}; {}; {held_back} more timed out since the \
-             last such warning (logged at debug)",
-            shared.config.name,
-            shared.occupancy(),
-        ),
-        None => log::debug!(
-            "{}: get_connection timed out {phase}; {}",
-            shared.config.name,
-            shared.occupancy(),
-        ),
-    }
+    let (level, held_back) = match warning {
+        Some(held_back) => (log::Level::Warn, TimeoutsHeldBack(held_back)),
+        None => (log::Level::Debug, TimeoutsHeldBack(0)),
+    };
+    log::log!(
+        level,
+        "{}: get_connection timed out {phase}; {}{held_back}",
+        shared.config.name,
+        shared.occupancy(),
+    );
     PoolError::Timeout { phase, last_error }
+}
+
+/// The end of a timeout warning that follows timeouts logged at debug (see `Throttle`):
+/// nothing when there were none.
+struct TimeoutsHeldBack(u64);
+
+impl fmt::Display for TimeoutsHeldBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(
+                f,
+                "; {n} more timed out since the last such warning (logged at debug)"
+            ),
+        }
+    }
 }
 
 /// What `get_connection` returns, until it has: a checkout, the fast path inline, the slow path
