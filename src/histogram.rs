@@ -192,6 +192,7 @@ pub struct HistogramObserver {
     create_timeouts: AtomicU64,
     timeouts: [AtomicU64; 3],
     destroyed: [AtomicU64; DestroyReason::ALL.len()],
+    detached: AtomicU64,
 }
 
 impl HistogramObserver {
@@ -231,6 +232,12 @@ impl HistogramObserver {
         self.destroyed[reason as usize].load(Ordering::Relaxed)
     }
 
+    /// Connections taken out of the pool with
+    /// [`PooledConnection::detach`](crate::PooledConnection::detach).
+    pub fn detached(&self) -> u64 {
+        self.detached.load(Ordering::Relaxed)
+    }
+
     /// A plain-text report, one line per histogram and one for the counters.
     pub fn summary(&self) -> String {
         let mut out = String::new();
@@ -267,6 +274,7 @@ impl HistogramObserver {
                 out.push(',');
             }
         }
+        out.push_str(&format!("; detached {}", self.detached()));
         out
     }
 }
@@ -297,6 +305,10 @@ impl PoolObserver for HistogramObserver {
 
     fn on_destroy(&self, reason: DestroyReason) {
         self.destroyed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_detach(&self) {
+        self.detached.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -25,7 +25,10 @@ pub enum CreateFailure<'a> {
 ///
 /// A panic in a method reaches the code that caused the event (the `get_connection` caller,
 /// the code dropping the guard, `close`) after the pool has put its own state right: no slot
-/// or connection is lost. The cleanup task catches one, logs it at `warn` and goes on.
+/// or connection is lost. The cleanup task catches one, logs it at `warn` and goes on. A
+/// panic in [`on_checkout`](Self::on_checkout) reaches the `get_connection` caller in place of
+/// the connection, which is closed (reported as
+/// [`DestroyReason::Panicked`](crate::DestroyReason::Panicked)) and its slot freed.
 ///
 /// # Examples
 ///
@@ -74,6 +77,13 @@ pub trait PoolObserver: Send + Sync + 'static {
     fn on_destroy(&self, reason: DestroyReason) {
         let _ = reason;
     }
+
+    /// A connection left the pool through
+    /// [`PooledConnection::detach`](crate::PooledConnection::detach): the pool no longer
+    /// counts or closes it. Creations minus destructions minus detaches is the number of
+    /// connections the pool holds. (Its checkout ends first, with
+    /// [`on_return`](Self::on_return).)
+    fn on_detach(&self) {}
 }
 
 /// Lets the pool share an observer the application keeps a handle to.
@@ -100,5 +110,9 @@ impl<T: PoolObserver + ?Sized> PoolObserver for StdArc<T> {
 
     fn on_destroy(&self, reason: DestroyReason) {
         (**self).on_destroy(reason);
+    }
+
+    fn on_detach(&self) {
+        (**self).on_detach();
     }
 }

@@ -553,6 +553,11 @@ impl<M: ConnectionManager> Shared<M> {
             self.config.name,
             self.occupancy(),
         );
+        // Last, as the observer is user code: should it panic, the slot is already free and
+        // the connection is dropped with the unwinding caller's frame.
+        if let Some(observer) = &self.observer {
+            observer.on_detach();
+        }
         conn.raw
     }
 

@@ -1,4 +1,4 @@
-//! The observer hook sees every create, failure, checkout, return, timeout and destroy, with
+//! The observer hook sees every create, failure, checkout, return, timeout, destroy and detach, with
 //! the durations a manual clock makes exact.
 
 mod common;
@@ -54,6 +54,10 @@ impl PoolObserver for Recorder {
 
     fn on_destroy(&self, reason: DestroyReason) {
         self.push(format!("destroy {}", reason.as_str()));
+    }
+
+    fn on_detach(&self) {
+        self.push("detach".to_owned());
     }
 }
 
@@ -136,6 +140,51 @@ async fn an_owned_guard_reports_one_return_with_the_whole_hold_time() {
     );
 }
 
+#[tokio::test]
+async fn a_detached_connection_is_reported_so_that_an_open_connections_gauge_stays_right() {
+    let clock = ManualClock::new();
+    let recorder = Arc::new(Recorder::default());
+    let histograms = Arc::new(HistogramObserver::new());
+    let pool = ConnectionPool::builder(TestManager::new())
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .observer(Fanout(vec![
+            Arc::clone(&recorder) as Arc<dyn PoolObserver>,
+            Arc::clone(&histograms) as Arc<dyn PoolObserver>,
+        ]))
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    let first = pool.get_connection().await.unwrap();
+    let second = pool.get_connection().await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let kept = first.detach();
+    drop(second);
+
+    assert_eq!(
+        recorder.events(),
+        [
+            "create 0ns",
+            "checkout 0ns",
+            "create 0ns",
+            "checkout 0ns",
+            "return 2s",
+            "detach",
+            "return 2s",
+        ]
+    );
+    let open = histograms.create().count()
+        - DestroyReason::ALL
+            .iter()
+            .map(|&r| histograms.destroyed(r))
+            .sum::<u64>()
+        - histograms.detached();
+    assert_eq!(open, pool.status().size as u64);
+    assert_eq!(open, 1);
+    assert!(histograms.summary().ends_with("; detached 1"));
+    drop(kept);
+}
+
 /// Sends each event to several observers.
 struct Fanout(Vec<Arc<dyn PoolObserver>>);
 
@@ -164,5 +213,9 @@ impl PoolObserver for Fanout {
 
     fn on_destroy(&self, reason: DestroyReason) {
         self.0.iter().for_each(|o| o.on_destroy(reason));
+    }
+
+    fn on_detach(&self) {
+        self.0.iter().for_each(|o| o.on_detach());
     }
 }

@@ -182,6 +182,10 @@ impl connection_pool::PoolObserver for PanicsOnceIn {
     fn on_destroy(&self, _reason: connection_pool::DestroyReason) {
         self.hook("on_destroy");
     }
+
+    fn on_detach(&self) {
+        self.hook("on_detach");
+    }
 }
 
 #[test]
@@ -215,6 +219,25 @@ fn an_observer_panicking_on_create_return_or_destroy_never_takes_the_slot_with_i
         let next = futures_lite::future::block_on(pool.get_connection());
         assert!(next.is_ok(), "{hook}: the pool still serves");
     }
+}
+
+#[test]
+fn an_observer_panicking_on_detach_leaves_the_slot_free_and_drops_the_connection() {
+    let manager = TestManager::new();
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(1)
+        .no_runtime()
+        .observer(PanicsOnceIn("on_detach", Default::default()))
+        .build()
+        .unwrap();
+    let conn = futures_lite::future::block_on(pool.get_connection()).unwrap();
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.detach()));
+    assert!(got.is_err(), "the panic reaches the caller");
+    let status = pool.status();
+    assert_eq!((status.size, status.counters.detached), (0, 1));
+    assert_eq!(manager.counts.live(), 0, "the connection went with the unwinding frame");
+    let next = futures_lite::future::block_on(pool.get_connection());
+    assert!(next.is_ok(), "the pool still serves");
 }
 
 /// An observer whose every `on_return` and `on_destroy` panics, and its first `on_create`: the
