@@ -11,11 +11,11 @@ use crate::{
     runtime::{run_bounded, wait_bounded},
     status::{DestroyReason, Stats},
     sync::Arc,
+    throttle::HeldBack,
     waitlist::{Resolution, Ticket, WaitSlot},
 };
 use event_listener::EventListener;
 use std::{
-    fmt,
     future::Future,
     panic::Location,
     pin::Pin,
@@ -277,8 +277,12 @@ fn timed_out<M: ConnectionManager>(
         shared.timeout_warnings.admit(shared.stamp())
     };
     let (level, held_back) = match warning {
-        Some(held_back) => (log::Level::Warn, TimeoutsHeldBack(held_back)),
-        None => (log::Level::Debug, TimeoutsHeldBack(0)),
+        Some(held_back) => (log::Level::Warn, held_back),
+        None => (log::Level::Debug, 0),
+    };
+    let held_back = HeldBack {
+        count: held_back,
+        what: "timed out",
     };
     log::log!(
         level,
@@ -287,22 +291,6 @@ fn timed_out<M: ConnectionManager>(
         shared.occupancy(),
     );
     PoolError::Timeout { phase, last_error }
-}
-
-/// The end of a timeout warning that follows timeouts logged at debug (see `Throttle`):
-/// nothing when there were none.
-struct TimeoutsHeldBack(u64);
-
-impl fmt::Display for TimeoutsHeldBack {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            0 => Ok(()),
-            n => write!(
-                f,
-                "; {n} more timed out since the last such warning (logged at debug)"
-            ),
-        }
-    }
 }
 
 /// What `get_connection` returns, until it has: a checkout, the fast path inline, the slow path
@@ -700,7 +688,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             queued = Some(place);
             if ticket.replace(drawn).is_none() {
                 Stats::bump(&shared.stats.waited);
-                log::debug!(
+                log::trace!(
                     "{}: no connection free; waiting in line; {}",
                     shared.config.name,
                     shared.occupancy(),

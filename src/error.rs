@@ -43,7 +43,9 @@ pub enum PoolError<E> {
         /// if there was one: it usually explains why no connection became free. While nothing
         /// has failed, a creation in this pool dropped unfinished during the call because the
         /// time of the `get` that made it ran out (a `wait_timeout` shorter than a connect
-        /// takes: not counted as a failure) is reported here instead.
+        /// takes: not counted as a failure) is reported here instead. The manager's error
+        /// appears as its `Display` text (see
+        /// [`ConnectionManager::Error`](crate::ConnectionManager::Error) on keeping secrets out).
         last_error: Option<String>,
     },
     /// The manager failed to create a connection.
@@ -99,11 +101,10 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
             PoolError::Backend(e) => write!(f, "could not create a connection: {e}"),
             PoolError::Rejected(e) => write!(
                 f,
-                "the backend refused a new connection with an error the manager classifies as \
-                 permanent: {e}; until the retry delay has passed (at most {:?}, ±25 %), calls \
-                 that need a new connection fail at once, and the next one after it tries \
-                 again: fix the cause (credentials, database name, TLS settings)",
-                crate::CREATE_BACKOFF_MAX
+                "a new connection was refused with a permanent error: {e}; fix the cause \
+                 (credentials, database name, TLS settings). Until a retry succeeds, calls \
+                 that need a new connection fail at once; one retries every {:?} at most",
+                crate::CREATE_BACKOFF_MAX.mul_f64(1.25)
             ),
             PoolError::Closed => f.write_str("the pool is closed; build a new pool to continue"),
             PoolError::Config(e) => write!(f, "invalid pool configuration: {e}"),

@@ -57,8 +57,11 @@ pub trait ConnectionManager: Send + Sync + 'static {
     ///
     /// Its `Display` text is logged at `warn` on every failed creation (and at `debug` when
     /// `is_valid` fails) and copied into [`PoolError::Timeout`](crate::PoolError::Timeout)'s
-    /// `last_error`, which any caller that times out may receive: keep passwords, tokens and
-    /// full connection URLs out of it.
+    /// `last_error`, which any caller that times out may receive; the error itself travels in
+    /// [`PoolError::Backend`](crate::PoolError::Backend) and
+    /// [`Rejected`](crate::PoolError::Rejected), whose derived `Debug` (what `unwrap`,
+    /// `expect` and `main` returning `Err` print) shows the error's `Debug`. Keep passwords,
+    /// tokens and full connection URLs out of both its `Display` and its `Debug`.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Opens a new connection.

@@ -89,7 +89,7 @@ use crate::{
     runtime::run_bounded,
     status::{DestroyReason, Occupancy, Stats, Status},
     sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, IdleQueue, Ordering, StdArc, fence},
-    throttle::Throttle,
+    throttle::{HeldBack, Throttle},
     waitlist::WaitList,
 };
 use std::{
@@ -652,18 +652,18 @@ impl<M: ConnectionManager> Shared<M> {
         fence(Ordering::SeqCst);
         self.waitlist.wake_all();
         // The count in a row says how many were held back at debug.
-        let level = if self
-            .create_failure_warnings
-            .admit(clock::stamp_of(now))
-            .is_some()
-        {
-            log::Level::Warn
-        } else {
-            log::Level::Debug
+        let (level, held_back) = match self.create_failure_warnings.admit(clock::stamp_of(now)) {
+            Some(held_back) => (log::Level::Warn, held_back),
+            None => (log::Level::Debug, 0),
+        };
+        let held_back = HeldBack {
+            count: held_back,
+            what: "failed",
         };
         log::log!(
             level,
-            "{}: could not create a connection ({kind}, {failures} in a row): {message}; {}",
+            "{}: could not create a connection ({kind}, {failures} in a row): {message}; \
+             {}{held_back}",
             self.config.name,
             self.occupancy(),
         );
@@ -689,18 +689,17 @@ impl<M: ConnectionManager> Shared<M> {
     #[cold]
     pub(crate) fn note_dropped_creation(&self, started: Instant, now: Instant) {
         let connection_timeout = match self.config.connection_timeout {
-            Some(limit) => format!("{limit:?}"),
+            Some(limit) => format!("{limit:.1?}"),
             None => "not set".to_owned(),
         };
         self.governor.abandoned(
             now,
             format!(
-                "create_connection had not finished after {:?}, when the time limit of the \
-                 call that started it ran out (a get's wait_timeout or get_connection_timeout's \
-                 argument, or a min_idle top-up's give-up time; connection_timeout: \
-                 {connection_timeout}); the attempt was dropped, not counted as a failure. \
-                 Check that the server is reachable and responsive, or give calls more time \
-                 than opening a connection takes",
+                "opening a connection was abandoned after {:.1?}, when the call that started \
+                 it ran out of time (its wait_timeout or get_connection_timeout's argument, or \
+                 a min_idle top-up's limit; connection_timeout {connection_timeout}); not \
+                 counted as a failure: check that the server is reachable and responsive, or \
+                 give calls more time than opening a connection takes",
                 now.saturating_duration_since(started)
             ),
         );

@@ -8,7 +8,7 @@ use crate::{
     clock::{self, Stamp},
     sync::{AtomicU64, Ordering},
 };
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 /// How often such a warning may be written.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +45,27 @@ impl Throttle {
         }
         self.held_back.fetch_add(1, Ordering::Relaxed);
         None
+    }
+}
+
+/// The end of a warning that follows events logged at debug: "; 3 more {what} since the last
+/// such warning (logged at debug)", or nothing when there were none.
+pub(crate) struct HeldBack {
+    pub(crate) count: u64,
+    /// What happened to the held-back events, as a past participle: "timed out".
+    pub(crate) what: &'static str,
+}
+
+impl fmt::Display for HeldBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.count {
+            0 => Ok(()),
+            n => write!(
+                f,
+                "; {n} more {} since the last such warning (logged at debug)",
+                self.what
+            ),
+        }
     }
 }
 

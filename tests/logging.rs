@@ -176,6 +176,43 @@ fn failures_to_create_without_a_runtime_give_one_warning_a_second() {
 }
 
 #[tokio::test]
+async fn the_next_create_failure_warning_says_how_many_were_held_back() {
+    let (pool, manager, clock) = pool("backoff");
+    manager.counts.set_create(Gate::Fail);
+    let fail_once = || {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get_connection().await.map(|_| ()) })
+    };
+    // Each call after the first waits out the governor's delay (at most 625 ms), then dials.
+    for call in 0..3 {
+        let failing = fail_once();
+        if call > 0 {
+            eventually("the call waits out the delay", || {
+                pool.status().waiters == 1
+            })
+            .await;
+            clock.advance(Duration::from_millis(700));
+        }
+        let failed = failing.await.unwrap();
+        assert!(matches!(failed, Err(PoolError::Backend(_))), "{failed:?}");
+    }
+    let records = records_of("backoff: could not create a connection");
+    use log::Level::{Debug, Warn};
+    assert_eq!(
+        records.iter().map(|(level, _)| *level).collect::<Vec<_>>(),
+        [Warn, Debug, Warn],
+        "{records:?}"
+    );
+    assert!(
+        records[2]
+            .1
+            .ends_with("; 1 more failed since the last such warning (logged at debug)"),
+        "{}",
+        records[2].1
+    );
+}
+
+#[tokio::test]
 async fn a_call_that_starts_to_wait_is_logged_once_with_the_counts() {
     let (pool, _manager, _clock) = pool("waits");
     let held = pool.get_connection().await.unwrap();
@@ -189,7 +226,7 @@ async fn a_call_that_starts_to_wait_is_logged_once_with_the_counts() {
     assert_eq!(
         records_of("waits: no connection free"),
         [(
-            log::Level::Debug,
+            log::Level::Trace,
             "waits: no connection free; waiting in line; size 1, idle 0, waiters 1".to_owned()
         )]
     );

@@ -235,7 +235,11 @@ fn an_observer_panicking_on_detach_leaves_the_slot_free_and_drops_the_connection
     assert!(got.is_err(), "the panic reaches the caller");
     let status = pool.status();
     assert_eq!((status.size, status.counters.detached), (0, 1));
-    assert_eq!(manager.counts.live(), 0, "the connection went with the unwinding frame");
+    assert_eq!(
+        manager.counts.live(),
+        0,
+        "the connection went with the unwinding frame"
+    );
     let next = futures_lite::future::block_on(pool.get_connection());
     assert!(next.is_ok(), "the pool still serves");
 }
