@@ -148,7 +148,7 @@ impl<M: ConnectionManager> Shared<M> {
         }
         if created > 0 {
             log::debug!(
-                "{}: created {created} connections to keep min_idle {}; {}",
+                "{}: created {created} connection(s) to keep min_idle {}; {}",
                 self.config.name,
                 self.config.min_idle,
                 self.occupancy(),

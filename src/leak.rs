@@ -128,7 +128,7 @@ impl LeakWatch {
         let held = now.saturating_duration_since(record.at);
         if held >= self.threshold && record.warn_once() {
             log::warn!(
-                "{pool}: a connection checked out at {} was held for {held:?}, longer than \
+                "{pool}: a connection checked out at {} was held for {held:.1?}, longer than \
                  leak_detection_threshold ({:?}); {}",
                 record.location,
                 self.threshold,
@@ -158,7 +158,7 @@ impl LeakWatch {
             if held >= self.threshold && record.warn_once() {
                 warned += 1;
                 log::warn!(
-                    "{pool}: a connection checked out at {} has been held for {held:?}, longer \
+                    "{pool}: a connection checked out at {} has been held for {held:.1?}, longer \
                      than leak_detection_threshold ({:?}); it may have leaked; {}",
                     record.location,
                     self.threshold,
