@@ -60,10 +60,14 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// half-read reply) and its slot freed.
     ///
     /// With leak detection on, the caller's source location is recorded (`#[track_caller]`).
+    ///
+    /// The future is `Send` and `Unpin` (as are those of the other `get_connection_*`
+    /// methods): `tokio::select!` or `futures::future::select` can poll it by reference
+    /// without pinning it first.
     #[track_caller]
     pub fn get_connection(
         &self,
-    ) -> impl Future<Output = Result<PooledConnection<'_, M>, PoolError<M::Error>>> + Send + '_
+    ) -> impl Future<Output = Result<PooledConnection<'_, M>, PoolError<M::Error>>> + Send + Unpin + '_
     {
         GetConnection::new(
             &self.shared,
@@ -88,10 +92,15 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     #[track_caller]
     pub fn get_connection_owned(
         &self,
-    ) -> impl Future<Output = Result<PooledConnection<'static, M>, PoolError<M::Error>>> + Send + '_
-    {
-        let checkout = self.get_connection();
-        async move { checkout.await.map(PooledConnection::into_owned) }
+    ) -> impl Future<Output = Result<PooledConnection<'static, M>, PoolError<M::Error>>>
+    + Send
+    + Unpin
+    + '_ {
+        GetOwned(GetConnection::new(
+            &self.shared,
+            self.shared.config.wait_timeout,
+            Location::caller(),
+        ))
     }
 
     /// Like [`get_connection`](Self::get_connection), with `timeout` instead of the configured
@@ -117,12 +126,12 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     pub fn get_connection_timeout(
         &self,
         timeout: Duration,
-    ) -> impl Future<Output = Result<PooledConnection<'_, M>, PoolError<M::Error>>> + Send + '_
+    ) -> impl Future<Output = Result<PooledConnection<'_, M>, PoolError<M::Error>>> + Send + Unpin + '_
     {
-        let location = Location::caller();
-        async move {
-            self.runtime_or_err("get_connection_timeout")?;
-            GetConnection::new(&self.shared, Some(timeout), location).await
+        const SETTING: &str = "get_connection_timeout";
+        match self.runtime_or_err(SETTING) {
+            Ok(()) => GetConnection::new(&self.shared, Some(timeout), Location::caller()),
+            Err(_) => GetConnection::refused(SETTING),
         }
     }
 }
@@ -328,6 +337,8 @@ enum GetState<'a, M: ConnectionManager> {
     },
     /// On the slow path.
     Slow(SlowCheckout<'a, M>),
+    /// To fail with [`PoolError::NoRuntime`] for this setting when polled.
+    NoRuntime(&'static str),
     /// Finished; polling again panics, as with any future.
     Done,
 }
@@ -344,6 +355,13 @@ impl<'a, M: ConnectionManager> GetConnection<'a, M> {
                 wait_timeout,
                 location,
             },
+        }
+    }
+
+    /// A call that fails with [`PoolError::NoRuntime`] for `setting` when polled.
+    fn refused(setting: &'static str) -> Self {
+        Self {
+            state: GetState::NoRuntime(setting),
         }
     }
 }
@@ -370,12 +388,29 @@ impl<'a, M: ConnectionManager> Future for GetConnection<'a, M> {
             }
         }
         let GetState::Slow(slow) = state else {
+            if let GetState::NoRuntime(setting) = *state {
+                *state = GetState::Done;
+                return Poll::Ready(Err(PoolError::NoRuntime { setting }));
+            }
             panic!("`get_connection` future polled after it completed or panicked");
         };
         let outcome = std::task::ready!(slow.as_mut().poll(cx));
         // Drop the slow path's state (its place in line, its timers) now.
         *state = GetState::Done;
         Poll::Ready(outcome)
+    }
+}
+
+/// What `get_connection_owned` returns: a `get_connection` whose guard is made owned.
+struct GetOwned<'a, M: ConnectionManager>(GetConnection<'a, M>);
+
+impl<M: ConnectionManager> Future for GetOwned<'_, M> {
+    type Output = Result<PooledConnection<'static, M>, PoolError<M::Error>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|got| got.map(PooledConnection::into_owned))
     }
 }
 
