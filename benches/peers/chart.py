@@ -152,20 +152,15 @@ def render(rows, title):
                     if r["status"] == "ok" and r["median_ns"]:
                         points.append((x, y_of(float(r["median_ns"]), y0)))
                         continue
-                    if len(points) > 1:
-                        out.append(polyline(points, colour, stroke, dash))
+                    # A run that did not finish ends the line; the points before it keep
+                    # their markers.
+                    out.extend(line_and_markers(points, colour, stroke, dash))
                     points = []
                     if r["status"] in ("hang", "slow", "panic"):
                         out.append(cross(x, y0 + 6, colour, r["status"].upper(), c))
                     elif r["status"] == "unsupported":
                         unsupported.setdefault((c, executor), r["note"])
-                if len(points) > 1:
-                    out.append(polyline(points, colour, stroke, dash))
-                for x, y in points:
-                    out.append(
-                        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{stroke + 0.6:.1f}" '
-                        f'fill="{colour}"/>'
-                    )
+                out.extend(line_and_markers(points, colour, stroke, dash))
 
     # Legend.
     y = TOP + len(groups) * (PANEL_H + GAP_Y) + 10
@@ -193,6 +188,19 @@ def render(rows, title):
     return "\n".join(out) + "\n"
 
 
+def line_and_markers(points, colour, stroke, dash):
+    """The SVG elements of one run of finished cells: a line through two or more, and a
+    marker on each."""
+    out = []
+    if len(points) > 1:
+        out.append(polyline(points, colour, stroke, dash))
+    for x, y in points:
+        out.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{stroke + 0.6:.1f}" fill="{colour}"/>'
+        )
+    return out
+
+
 def polyline(points, colour, stroke, dash):
     dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
     coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
@@ -215,7 +223,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--in", dest="src", default=os.path.join(HERE, "results", "grid.csv"))
     parser.add_argument("--out", default=None, help="default: grid.svg beside the input")
-    parser.add_argument("--title", default="connection-pool and peers: get+drop")
+    parser.add_argument(
+        "--title", default="connection-pool and peers: get+drop, and get, yield, drop (hold)"
+    )
     args = parser.parse_args()
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.src)), "grid.svg")
     svg = render(load(args.src), args.title)

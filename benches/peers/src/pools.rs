@@ -626,7 +626,10 @@ pub async fn timed_get_drop<P: BenchPool>(
                     } else {
                         pool.checkout_then(|| std::future::ready(())).await
                     };
-                    assert!(got, "a checkout timed out without a timeout set");
+                    assert!(
+                        got,
+                        "a checkout timed out: the grid has no use for timeouts (raise --wait-timeout)"
+                    );
                     if done % REPORT_EVERY == 0 || done == per_task {
                         counter.set(done);
                     }

@@ -2,10 +2,12 @@
 //! on tokio and on smol, plain and "hold" (each task yields once while holding the
 //! connection, so that tasks really wait and the wake-up path is measured).
 //!
-//! Within a cell the contenders are interleaved for `--reps` repetitions, each repetition
-//! starting one place later in the list (A B C, B C A, C A B, ...): on this VM a run's speed
-//! depended on which contender ran just before it, so no contender keeps one place or one
-//! predecessor. Every run gets a fresh executor and a fresh, pre-warmed pool. A run in which no
+//! Within a cell the contenders are interleaved for `--reps` repetitions, each repetition in
+//! an order shuffled from `--seed` (A B C, C A B, B C A, ...): on this VM a run's speed
+//! seemed to depend on which contender ran just before it, and a rotation keeps each
+//! contender's predecessor, so no contender keeps one place or one predecessor (`grid.csv`
+//! records each run's predecessor). Every run gets a fresh executor and a fresh, pre-warmed
+//! pool. A run in which no
 //! get+drop completes for `--hang-secs` is cancelled and the contender is marked HANG for that
 //! cell; one still making progress after `--max-secs` is cancelled and marked SLOW.
 
@@ -40,7 +42,9 @@ OPTIONS (lists are comma-separated):
   --modes LIST        plain,hold [plain,hold]
   --hang-secs S       a run in which no get+drop completes for S s is cancelled: HANG [10]
   --max-secs S        a run still going after S s is cancelled: SLOW [120]
-  --wait-timeout S    every pool's wait timeout, by its own mechanism [none; bb8 needs one: 1 h]
+  --wait-timeout S    every pool's wait timeout, by its own mechanism [none; bb8 needs one: 1 h];
+                      the hang limit is raised to S + 5 if below, so that a timeout shows
+  --seed N            the contenders' order in each repetition is shuffled from this [1]
   --threads N         executor worker threads [available CPUs]
   --out DIR           where grid.csv, grid.json and grid.txt go [benches/peers/results]
 
@@ -82,6 +86,8 @@ struct Config {
     /// Every contender's wait timeout; `None`: none (bb8 gets an hour, it cannot go without).
     wait_timeout: Option<Duration>,
     threads: usize,
+    /// Seeds the shuffled order of the contenders in each repetition.
+    seed: u64,
     out: PathBuf,
 }
 
@@ -90,6 +96,13 @@ impl Config {
         let args = Args::parse(USAGE, &["quick"]);
         let quick = args.flag("quick") || std::env::var("PEERS_QUICK").is_ok_and(|v| v == "1");
         let positive = |text: &str| text.parse::<usize>().ok().filter(|&n| n > 0);
+        let wait_timeout = match args.get(USAGE, "wait-timeout", 0.0) {
+            secs if secs > 0.0 => Some(Duration::from_secs_f64(secs)),
+            _ => None,
+        };
+        // A pool that times out must show as timing out, not as stalled.
+        let stall = Duration::from_secs_f64(args.get(USAGE, "hang-secs", 10.0))
+            .max(wait_timeout.map_or(Duration::ZERO, |t| t + Duration::from_secs(5)));
         Self {
             ops: args.get(USAGE, "ops", if quick { 20_000 } else { 200_000 }),
             reps: args.get(USAGE, "reps", if quick { 3 } else { 5 }).max(1),
@@ -104,14 +117,12 @@ impl Config {
             ),
             modes: args.list(USAGE, "modes", vec![Mode::Plain, Mode::Hold], Mode::parse),
             limits: Limits {
-                stall: Duration::from_secs_f64(args.get(USAGE, "hang-secs", 10.0)),
+                stall,
                 total: Duration::from_secs_f64(args.get(USAGE, "max-secs", 120.0)),
             },
-            wait_timeout: match args.get(USAGE, "wait-timeout", 0.0) {
-                secs if secs > 0.0 => Some(Duration::from_secs_f64(secs)),
-                _ => None,
-            },
+            wait_timeout,
             threads: args.get(USAGE, "threads", machine::cpus()).max(1),
+            seed: args.get(USAGE, "seed", 1),
             out: PathBuf::from(args.text("out", concat!(env!("CARGO_MANIFEST_DIR"), "/results"))),
         }
     }
@@ -157,6 +168,8 @@ struct Entry {
     samples: Vec<f64>,
     /// For each sample, the largest share of its get+drops that one thread did.
     top_thread_shares: Vec<f64>,
+    /// For each sample, the contender that ran just before it (`None`: nothing before it).
+    predecessors: Vec<Option<Kind>>,
 }
 
 impl Entry {
@@ -279,12 +292,21 @@ fn main() {
     );
 
     let mut cells = Vec::new();
+    let mut previous = None;
     for &exec in &config.execs {
         let unsupported = probe(&config, exec);
         for &mode in &config.modes {
             for &size in &config.sizes {
                 for &tasks in &config.tasks {
-                    let cell = measure_cell(&config, exec, mode, size, tasks, &unsupported);
+                    let cell = measure_cell(
+                        &config,
+                        exec,
+                        mode,
+                        size,
+                        tasks,
+                        &unsupported,
+                        &mut previous,
+                    );
                     eprintln!("{}", progress_line(&cell));
                     cells.push(cell);
                 }
@@ -296,10 +318,12 @@ fn main() {
     let _ = writeln!(
         report,
         "Machine: {machine}. {} worker threads; {} get+drops per run (split over the tasks); \
-         median of {} interleaved runs, the order rotating, ns per get+drop; wait timeout {}.",
+         median of {} interleaved runs, in an order shuffled each time (seed {}), ns per \
+         get+drop; wait timeout {}.",
         config.threads,
         config.ops,
         config.reps,
+        config.seed,
         config
             .wait_timeout
             .map_or("none (bb8: 1 h, it needs one)".to_owned(), |t| format!(
@@ -359,6 +383,7 @@ fn probe(config: &Config, exec: ExecKind) -> Vec<(Kind, String)> {
     unsupported
 }
 
+/// Runs one cell; `previous` is the contender that ran last (in this cell or the one before).
 fn measure_cell(
     config: &Config,
     exec: ExecKind,
@@ -366,6 +391,7 @@ fn measure_cell(
     size: usize,
     tasks: usize,
     unsupported: &[(Kind, String)],
+    previous: &mut Option<Kind>,
 ) -> Cell {
     let per_task = (config.ops / tasks).max(1);
     let mut entries: Vec<Entry> = config
@@ -379,15 +405,27 @@ fn measure_cell(
             },
             samples: Vec::new(),
             top_thread_shares: Vec::new(),
+            predecessors: Vec::new(),
         })
         .collect();
     let ops = (per_task * tasks) as f64;
     let contenders = entries.len();
-    for rep in 0..config.reps {
-        // Interleaved: every contender once, then again, so drift hits them all alike; each
-        // repetition starts one place later, so the order (which mattered) rotates too.
-        for place in 0..contenders {
-            let entry = &mut entries[(place + rep) % contenders];
+    // One stream per cell, so that a rerun of some cells (--sizes, --tasks) repeats their
+    // orders.
+    let cell_key = [exec.name(), mode.name()]
+        .iter()
+        .flat_map(|name| name.bytes())
+        .fold((size as u64) << 32 ^ tasks as u64, |key, byte| {
+            key.rotate_left(5) ^ u64::from(byte)
+        });
+    let mut rng = fastrand::Rng::with_seed(config.seed ^ cell_key);
+    let mut order: Vec<usize> = (0..contenders).collect();
+    for _ in 0..config.reps {
+        // Interleaved: every contender once, then again, so drift hits them all alike; in a
+        // new order each time, so that neither a place nor a predecessor sticks.
+        rng.shuffle(&mut order);
+        for &index in &order {
+            let entry = &mut entries[index];
             if !matches!(entry.status, Status::Ok) {
                 continue;
             }
@@ -403,11 +441,13 @@ fn measure_cell(
                 Outcome::Done(timed) => {
                     entry.samples.push(timed.elapsed.as_nanos() as f64 / ops);
                     entry.top_thread_shares.push(timed.top_thread_share);
+                    entry.predecessors.push(*previous);
                 }
                 Outcome::Hang => entry.status = Status::Hang,
                 Outcome::Overran => entry.status = Status::Slow,
                 Outcome::Panic(message) => entry.status = Status::Panic(message),
             }
+            *previous = Some(entry.kind);
         }
     }
     Cell {
@@ -483,11 +523,9 @@ fn table(config: &Config, exec: ExecKind, mode: Mode, cells: &[&Cell]) -> String
 /// A run in which one thread did more than this share of the get+drops used one core.
 const ONE_WORKER: f64 = 0.9;
 
-fn summary(config: &Config, mode: Mode, cells: &[&Cell]) -> String {
-    let mut out = String::new();
-    if !config.pools.contains(&Kind::Ours) {
-        return out;
-    }
+/// "deadpool 0.27 (18 cells), ..., best finishing peer 1.29": the geomean of ours over each
+/// other contender across `cells`.
+fn geomeans(config: &Config, cells: &[&Cell]) -> String {
     let mut parts = Vec::new();
     for &kind in config.pools.iter().filter(|&&k| k != Kind::Ours) {
         let ratios: Vec<f64> = cells
@@ -506,7 +544,57 @@ fn summary(config: &Config, mode: Mode, cells: &[&Cell]) -> String {
         // The fastest peer that finished each cell: where one hangs, the next one counts.
         parts.push(format!("best finishing peer {g:.2}"));
     }
-    let _ = writeln!(out, "geomean ours/X: {}", parts.join(", "));
+    parts.join(", ")
+}
+
+fn summary(config: &Config, mode: Mode, cells: &[&Cell]) -> String {
+    let mut out = String::new();
+    if !config.pools.contains(&Kind::Ours) {
+        return out;
+    }
+    let _ = writeln!(out, "geomean ours/X: {}", geomeans(config, cells));
+    if mode == Mode::Hold {
+        // Only cells with more tasks than connections measure waiting and waking; in the
+        // others nobody waits, and the yield is most of the time.
+        let (waiting, not_waiting): (Vec<&Cell>, Vec<&Cell>) =
+            cells.iter().partition(|c| c.tasks > c.size);
+        for (cells, which) in [
+            (waiting, "where tasks wait (tasks > size)"),
+            (not_waiting, "where nobody waits (tasks <= size)"),
+        ] {
+            if !cells.is_empty() {
+                let _ = writeln!(out, "  {which}: {}", geomeans(config, &cells));
+            }
+        }
+    }
+    if mode == Mode::Plain && config.pools.contains(&Kind::ArrayQueue) {
+        // A floor run that kept one worker busy and the other idle measured one core, not
+        // the two ours shared: take the floor from its two-worker runs (cells of 2+ tasks).
+        let ratios: Vec<f64> = cells
+            .iter()
+            .filter(|c| c.tasks > 1)
+            .filter_map(|c| {
+                let ours = c.median(Kind::Ours)?;
+                let floor = c.entries.iter().find(|e| e.kind == Kind::ArrayQueue)?;
+                let shared: Vec<f64> = floor
+                    .samples
+                    .iter()
+                    .zip(&floor.top_thread_shares)
+                    .filter(|&(_, &share)| share <= ONE_WORKER)
+                    .map(|(&ns, _)| ns)
+                    .collect();
+                Some(ours / median(&shared)?)
+            })
+            .collect();
+        let floor = match geomean(&ratios) {
+            Some(g) => format!("{g:.2} ({} cells of 2+ tasks)", ratios.len()),
+            None => "none (each of its runs used one worker)".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "geomean ours/arrayqueue over its runs on both workers only: {floor}"
+        );
+    }
     if mode == Mode::Plain {
         // Runs in which the executor left the second worker idle measure one core, not two.
         let mut one_worker = Vec::new();
@@ -596,7 +684,7 @@ fn unsupported_notes(cells: &[Cell]) -> String {
 fn csv(cells: &[Cell]) -> String {
     let mut out = String::from(
         "executor,mode,pool_size,tasks,ops_per_run,contender,status,median_ns,min_ns,max_ns,\
-         runs,samples_ns,ours_over_best_peer,best_peer,note,top_thread_shares\n",
+         runs,samples_ns,ours_over_best_peer,best_peer,note,top_thread_shares,predecessors\n",
     );
     for cell in cells {
         let (best, ratio) = match cell.ours_over_best_peer() {
@@ -613,9 +701,14 @@ fn csv(cells: &[Cell]) -> String {
                 .iter()
                 .map(|s| format!("{s:.3}"))
                 .collect();
+            let predecessors: Vec<&str> = entry
+                .predecessors
+                .iter()
+                .map(|p| p.map_or("-", Kind::name))
+                .collect();
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 cell.exec.name(),
                 cell.mode.name(),
                 cell.size,
@@ -632,6 +725,7 @@ fn csv(cells: &[Cell]) -> String {
                 best,
                 machine::csv_field(entry.status.note()),
                 shares.join(";"),
+                predecessors.join(";"),
             );
         }
     }

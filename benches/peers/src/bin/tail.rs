@@ -6,7 +6,10 @@
 //!
 //! A wait is measured from just before the checkout call to the moment the connection is in
 //! hand; a checkout that times out counts as a wait of however long it took (and as a
-//! timeout), so timing out never hides a tail.
+//! timeout), so timing out never hides a tail. Checkouts that start in the first
+//! `--warmup-ms` of a run (all 1,000 tasks arriving at once) are not recorded. The pools run
+//! in an order shuffled each round from `--seed`, so that none always runs first or right
+//! after the same pool.
 
 use connection_pool_peer_benches::{
     args::Args,
@@ -39,6 +42,8 @@ OPTIONS:
   --hold-ms MS        how long each checkout holds its connection (tokio sleep) [1]
   --wait-timeout-ms MS  every pool's wait timeout (qp has none: tokio::time::timeout) [5000]
   --rounds N          repeat the whole set, interleaved, and pool the waits [1]
+  --warmup-ms MS      checkouts starting this early in a run are not recorded [500]
+  --seed N            each round's order of the pools is shuffled from this [1]
   --pools LIST        ours,deadpool,bb8,mobc,qp,arrayqueue,mutex+sem [all]
   --hang-secs S       a run not done this long after its end is reported as HANG [10]
   --threads N         tokio worker threads [available CPUs]
@@ -54,6 +59,8 @@ struct Config {
     hold: Duration,
     wait_timeout: Duration,
     rounds: usize,
+    warmup: Duration,
+    seed: u64,
     pools: Vec<Kind>,
     hang: Duration,
     threads: usize,
@@ -71,6 +78,8 @@ impl Config {
             hold: Duration::from_secs_f64(args.get(USAGE, "hold-ms", 1.0) / 1e3),
             wait_timeout: Duration::from_secs_f64(args.get(USAGE, "wait-timeout-ms", 5000.0) / 1e3),
             rounds: args.get(USAGE, "rounds", 1usize).max(1),
+            warmup: Duration::from_secs_f64(args.get(USAGE, "warmup-ms", 500.0) / 1e3),
+            seed: args.get(USAGE, "seed", 1),
             pools: args.list(USAGE, "pools", Kind::ALL.to_vec(), Kind::parse),
             hang: Duration::from_secs_f64(args.get(USAGE, "hang-secs", 10.0)),
             threads: args.get(USAGE, "threads", machine::cpus()).max(1),
@@ -86,7 +95,7 @@ struct Waits {
     waits: Vec<u64>,
     /// Checkouts that timed out.
     timeouts: usize,
-    /// From the release of the tasks to the end of the last one.
+    /// From the end of the warm-up to the end of the last task.
     elapsed: Duration,
 }
 
@@ -95,6 +104,7 @@ struct TailBody {
     size: usize,
     tasks: usize,
     secs: f64,
+    warmup: Duration,
     hold: Duration,
 }
 
@@ -103,12 +113,14 @@ impl PoolBody<Waits> for TailBody {
         let flavor = self.spawner.flavor();
         prewarm(&pool, self.size, &self.spawner).await;
         let end: SharedInstant = Arc::new(OnceLock::new());
+        let recorded_from: SharedInstant = Arc::new(OnceLock::new());
         let ready = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let workers: Vec<_> = (0..self.tasks)
             .map(|_| {
                 let pool = Arc::clone(&pool);
                 let end = Arc::clone(&end);
+                let recorded_from = Arc::clone(&recorded_from);
                 let ready = Arc::clone(&ready);
                 let gate = Arc::clone(&gate);
                 let hold = self.hold;
@@ -116,9 +128,11 @@ impl PoolBody<Waits> for TailBody {
                     ready.fetch_add(1, Ordering::SeqCst);
                     gate.acquire().await.expect("never closed").forget();
                     let end = *end.get().expect("set before the gate opens");
+                    let recorded_from = *recorded_from.get().expect("set before the gate opens");
                     let mut mine = Waits::default();
                     while Instant::now() < end {
                         let start = Instant::now();
+                        let recorded = start >= recorded_from;
                         let mut waited = None;
                         let got = pool
                             .checkout_then(|| {
@@ -126,6 +140,9 @@ impl PoolBody<Waits> for TailBody {
                                 tokio::time::sleep(hold)
                             })
                             .await;
+                        if !recorded {
+                            continue;
+                        }
                         let wait = waited.unwrap_or_else(|| start.elapsed());
                         mine.waits.push(wait.as_nanos() as u64);
                         if !got {
@@ -142,6 +159,7 @@ impl PoolBody<Waits> for TailBody {
         let start = Instant::now();
         end.set(start + Duration::from_secs_f64(self.secs))
             .expect("set once");
+        recorded_from.set(start + self.warmup).expect("set once");
         gate.add_permits(self.tasks);
         let mut all = Waits::default();
         for worker in workers {
@@ -149,7 +167,7 @@ impl PoolBody<Waits> for TailBody {
             all.waits.extend(mine.waits);
             all.timeouts += mine.timeouts;
         }
-        all.elapsed = start.elapsed();
+        all.elapsed = start.elapsed().saturating_sub(self.warmup);
         all
     }
 }
@@ -189,13 +207,21 @@ fn main() {
         stall: limit,
         total: limit,
     };
+    let mut rng = fastrand::Rng::with_seed(config.seed);
+    let mut order: Vec<usize> = (0..rows.len()).collect();
     for round in 0..config.rounds {
-        for row in rows.iter_mut().filter(|r| r.status == "ok") {
-            let (kind, size, tasks, secs, hold) = (
+        rng.shuffle(&mut order);
+        for &index in &order {
+            let row = &mut rows[index];
+            if row.status != "ok" {
+                continue;
+            }
+            let (kind, size, tasks, secs, warmup, hold) = (
                 row.kind,
                 config.size,
                 config.tasks,
                 config.secs,
+                config.warmup,
                 config.hold,
             );
             let opts = PoolOpts {
@@ -212,6 +238,7 @@ fn main() {
                         size,
                         tasks,
                         secs,
+                        warmup,
                         hold,
                     };
                     with_pool(kind, opts, &spawner, body).await
@@ -248,13 +275,17 @@ fn main() {
     let _ = writeln!(
         report,
         "Machine: {machine}. tokio, {} worker threads; {} tasks on {} connections, each holding \
-         its connection {:?} (tokio sleep); {} s per pool x {} round(s); wait timeout {:?}.",
+         its connection {:?} (tokio sleep); {} s per pool x {} round(s), the pools in a \
+         shuffled order each round (seed {}), checkouts started in the first {:?} of a run \
+         not recorded; wait timeout {:?}.",
         config.threads,
         config.tasks,
         config.size,
         config.hold,
         config.secs,
         config.rounds,
+        config.seed,
+        config.warmup,
         config.wait_timeout
     );
     let _ = writeln!(
@@ -291,13 +322,13 @@ fn main() {
 
     let mut csv = String::from(
         "pool,status,checkouts,checkouts_per_sec,p50_ms,p99_ms,p999_ms,max_ms,timeouts,\
-         secs,rounds,tasks,pool_size,hold_ms,wait_timeout_ms\n",
+         secs,rounds,tasks,pool_size,hold_ms,wait_timeout_ms,warmup_ms,seed\n",
     );
     for row in &rows {
         let checkouts = row.waits.len() - row.timeouts;
         let _ = writeln!(
             csv,
-            "{},{},{},{:.1},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             row.kind,
             machine::csv_field(&row.status),
             checkouts,
@@ -313,6 +344,8 @@ fn main() {
             config.size,
             config.hold.as_secs_f64() * 1e3,
             config.wait_timeout.as_secs_f64() * 1e3,
+            config.warmup.as_secs_f64() * 1e3,
+            config.seed,
         );
     }
     fs::create_dir_all(&config.out).expect("create the output directory");
