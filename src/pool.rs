@@ -304,16 +304,34 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Gives a slot back; the oldest waiter may now create with it (see `wake_creator`).
+    ///
+    /// While someone waits and creations work, the slot is not freed first: it becomes a
+    /// creation in flight (a permit added to it) and goes straight to the oldest waiter as a
+    /// grant, so that a caller arriving in between cannot take it and leave that waiter
+    /// parked. With nobody in line to take the grant, or no permit free, the slot is freed and
+    /// `wake_creator` does the rest.
     pub(crate) fn release_slot(&self) {
-        self.capacity.release_slot();
+        if self.waitlist.waiting() != 0
+            && !self.governor.is_failing()
+            && self.capacity.try_add_permit(self.config.max_connecting)
+        {
+            if self.waitlist.grant() {
+                return;
+            }
+            self.capacity.abort_create();
+        } else {
+            self.capacity.release_slot();
+        }
         self.wake_creator();
     }
 
     /// When a slot and a permit are free, reserves them and grants them to the oldest waiter,
     /// which creates a connection with them (while creations fail, it wakes that waiter to ask
-    /// the governor instead, if no creation is in flight). Whoever frees the second of the two sees both free (they share
-    /// one atomic word), so the grant is not lost; reserving them first keeps a caller that
-    /// comes along before the waiter runs from taking them and sending it to the back.
+    /// the governor instead, if no creation is in flight). Whoever frees the second of the two
+    /// sees both free (they share one atomic word), so the grant is not lost; reserving them
+    /// first keeps a caller that comes along before the waiter runs from taking them and
+    /// sending it to the back (a slot freed by a destroyed connection is never free in
+    /// between: see `release_slot`; a permit freed by a finished creation is, for an instant).
     pub(crate) fn wake_creator(&self) {
         // Pairs with the fence a new waiter issues between publishing its place and trying to
         // take a slot: either it sees the slot or permit just freed, or this sees its place.

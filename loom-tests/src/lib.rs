@@ -491,6 +491,22 @@ pub fn pool_validating(
         .expect("a valid model configuration")
 }
 
+/// [`pool_validating`] with a cap on creations in flight.
+pub fn pool_validating_connecting(
+    max_size: usize,
+    max_connecting: usize,
+    validation: ValidationPolicy,
+    manager: ModelManager,
+) -> ConnectionPool<ModelManager> {
+    ConnectionPool::builder(manager)
+        .max_size(max_size)
+        .max_connecting(max_connecting)
+        .validation(validation)
+        .no_runtime()
+        .build()
+        .expect("a valid model configuration")
+}
+
 /// The result type of a `get` in a model.
 pub type GetResult<'a> =
     Result<connection_pool::PooledConnection<'a, ModelManager>, PoolError<ModelError>>;

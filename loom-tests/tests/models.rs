@@ -1,7 +1,8 @@
-//! Loom models of the pool's races. Each uses at most 3 threads and `max_size` 1 or 2, drives
-//! the pool's real code through its public API, and asserts on the manager's own count of live
-//! connections. A `get` that can never complete shows up as a loom deadlock. Models 3d and 12 run
-//! the pool on a [`ModelRuntime`], whose clock only the model moves; the others have no runtime.
+//! Loom models of the pool's races. Each uses at most 3 threads and `max_size` 1 or 2 (3 in
+//! m16b), drives the pool's real code through its public API, and asserts on the manager's own
+//! count of live connections; m16a-c also assert the order waiters are served in. A `get` that
+//! can never complete shows up as a loom deadlock. Models 3d and 12 run the pool on a
+//! [`ModelRuntime`], whose clock only the model moves; the others have no runtime.
 //!
 //! Run: `cd loom-tests && RUSTFLAGS="--cfg loom" cargo test --release`
 #![cfg(loom)]
@@ -9,7 +10,7 @@
 use connection_pool::{ConnectionPool, PoolError, TimeoutPhase, ValidationPolicy};
 use connection_pool_loom_tests::{
     Create, GetResult, ModelManager, ModelRuntime, check, get, get_owned, poll_once_then_drop,
-    pool, pool_connecting, pool_validating, timed_pool,
+    pool, pool_connecting, pool_validating, pool_validating_connecting, timed_pool,
 };
 use loom::thread;
 use std::time::{Duration, Instant};
@@ -987,4 +988,204 @@ fn m15a_a_slot_freed_beside_a_probe_waits_for_the_probe_to_end() {
 #[test]
 fn m15b_a_slot_freed_beside_a_cancelled_probe_wakes_the_next_getter() {
     slot_freed_beside_a_probe("m15b slot freed beside a cancelled probe", true);
+}
+
+/// 16a. First come, first served, as a return races a younger waiter's registration.
+///      `max_size` 2, both connections held by a returner thread. The main thread's call A is
+///      polled until it waits, so its place is published before anything else starts; then,
+///      concurrently, call B starts on a second thread and the returner gives back connection
+///      0, then connection 1. A waits from before either return, so both hand-offs see it
+///      counted and the first one pops its place: A is handed connection 0, wherever in B's
+///      registration (not begun, counted, published, re-checking) the return lands. B is
+///      never handed connection 0 and never served while A waits; it gets connection 1, by
+///      hand-off if it is in line by then, or from the idle queue if it is not yet counted
+///      (that return may go idle and be taken by whoever asks first: here, B). Each keeps what
+///      it got to the end, so neither can be rescued by the other's return: both finish, and
+///      nothing is created beyond the two connections.
+///
+///      Not promised, and not asserted: an order between B and a return that lands while A
+///      is not in line (A counted but its place not yet published is the "left to find the
+///      connection itself" window of `WaitList::register`); here A is published first.
+#[test]
+fn m16a_a_waiter_in_line_is_served_before_one_that_registers_during_the_return() {
+    check("m16a first come, first served", || {
+        let pool = pool(2, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let first = get_owned(&pool).unwrap();
+        let second = get_owned(&pool).unwrap();
+        assert_eq!((first.id, second.id), (0, 1));
+
+        let mut a = Box::pin(pool.get_connection());
+        assert!(
+            poll_once_then_drop(a.as_mut()).is_pending(),
+            "A waits in line"
+        );
+        let b = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let conn = get_owned(&pool).expect("B is served");
+                conn.claim();
+                conn
+            })
+        };
+        let returner = thread::spawn(move || {
+            drop(first);
+            drop(second);
+        });
+        let got = loom::future::block_on(a.as_mut()).expect("A is served");
+        drop(a);
+        let a = got;
+        a.claim();
+        let b = b.join().unwrap();
+        returner.join().unwrap();
+
+        assert_eq!(
+            a.id, 0,
+            "the first connection back goes to the older waiter"
+        );
+        assert_eq!(b.id, 1, "the younger waiter gets the second one");
+        assert_eq!(counts.created(), 2, "returned connections are reused");
+        let status = pool.status();
+        assert_eq!((status.size, status.waiters), (2, 0));
+        drop((a, b));
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 16b. A call that queues again is served before a younger first-time waiter. `max_size` 3,
+///      `max_connecting` 1, `ValidationPolicy::Always`, the first check fails; connections 0
+///      and 1 are held, and a creation that yields is left in flight (the "probe"), holding
+///      the only connect permit for the whole model. The main thread's call A is polled until
+///      it waits (ticket 0, in the first-time queue); call B starts on a second thread and
+///      queues behind it (ticket 1), concurrently with everything that follows. The main
+///      thread returns connection 0, which is handed to A; polled, A checks it, the check
+///      fails, and with no permit free to create with, A queues again (in the front lane, by
+///      its ticket) and waits: the poll ends with A published there. Then the main thread
+///      returns connection 1. Property: it is handed to A, whether B published its place
+///      before A queued again (B then sits ahead of A in the first-time queue), after, or not
+///      yet at all; B gets a connection only once A gives its back. (The return does not race
+///      A's re-registration here: one landing while A is counted but not yet published may
+///      serve B, by the same window as in 16a.)
+///
+///      (Nothing can be created meanwhile: the probe holds the only permit throughout, so the
+///      slot connection 0 frees stays unused and the last hand-over is a connection, not a
+///      grant. A grant is ordered as strictly only for a slot a destroyed connection frees
+///      (16c); a permit a finished creation frees is reserved for the oldest waiter once the
+///      freeing thread reaches `wake_creator`, and a caller that tries to create in between
+///      takes it, parked waiters or not.)
+#[test]
+fn m16b_a_waiter_that_queues_again_is_served_before_a_younger_first_time_waiter() {
+    check("m16b front lane first", || {
+        let pool = pool_validating_connecting(
+            3,
+            1,
+            ValidationPolicy::Always,
+            ModelManager::new(&[Create::Ok, Create::Ok, Create::PendOnce]).with_checks(&[false]),
+        );
+        let counts = pool.manager().counts.clone();
+        let failing = get(&pool).unwrap();
+        let next = get(&pool).unwrap();
+        assert_eq!((failing.id, next.id), (0, 1));
+        let mut probe = Box::pin(pool.get_connection());
+        assert!(
+            poll_once_then_drop(probe.as_mut()).is_pending(),
+            "the probe is creating"
+        );
+
+        let mut a = Box::pin(pool.get_connection());
+        assert!(
+            poll_once_then_drop(a.as_mut()).is_pending(),
+            "A waits in line"
+        );
+        let b = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let conn = get_owned(&pool).expect("B is served");
+                conn.claim();
+                conn.id
+            })
+        };
+        drop(failing);
+        assert!(
+            poll_once_then_drop(a.as_mut()).is_pending(),
+            "A's connection failed its check, no permit is free: A waits again"
+        );
+        assert_eq!(pool.manager().checks_made(), 1, "A checked connection 0");
+        drop(next);
+        let got = match poll_once_then_drop(a.as_mut()) {
+            std::task::Poll::Ready(got) => got.expect("A is served"),
+            std::task::Poll::Pending => panic!("connection 1 went past A, which queued again"),
+        };
+        got.claim();
+        assert_eq!(got.id, 1);
+        got.unclaim();
+        drop(got);
+        drop(a);
+        assert_eq!(
+            b.join().unwrap(),
+            1,
+            "B is served after A, with A's connection"
+        );
+
+        drop(probe);
+        assert_eq!(pool.manager().checks_made(), 3);
+        assert_eq!(counts.created(), 2, "the probe's creation never finished");
+        let status = pool.status();
+        assert_eq!(status.size, counts.live(), "pool and manager agree");
+        assert_eq!((status.connecting, status.waiters), (0, 0));
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 16c. A slot freed by a broken return goes to the parked waiter, not to a caller arriving
+///      meanwhile. `max_size` 1, the one connection held and marked broken. The main thread's
+///      call A is polled until it waits (published); then, concurrently, call B starts on a
+///      second thread and a returner drops the broken connection. Property: A is served
+///      first (with a new connection in the freed slot), and B only after A gives that back,
+///      wherever B's arrival lands in the return: the slot passes from the destroyed
+///      connection to A as a grant without being free in between (`Shared::release_slot`).
+///      Before that, a B that tried to create between the slot's release and its
+///      reservation for A took it, and A waited for B.
+#[test]
+fn m16c_a_slot_freed_by_a_broken_return_goes_to_the_parked_waiter_not_a_newcomer() {
+    check("m16c freed slot first come, first served", || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let mut held = get_owned(&pool).unwrap();
+        held.mark_broken();
+
+        let mut a = Box::pin(pool.get_connection());
+        assert!(
+            poll_once_then_drop(a.as_mut()).is_pending(),
+            "A waits in line"
+        );
+        let a_served = loom::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let b = {
+            let pool = pool.clone();
+            let a_served = a_served.clone();
+            thread::spawn(move || {
+                let conn = get_owned(&pool).expect("B is served");
+                assert!(
+                    a_served.load(std::sync::atomic::Ordering::SeqCst),
+                    "B was served before A, which waited first"
+                );
+                conn.id
+            })
+        };
+        let returner = thread::spawn(move || drop(held));
+        let got = loom::future::block_on(a.as_mut()).expect("A is served");
+        drop(a);
+        assert_eq!(got.id, 1, "a new connection in the broken one's slot");
+        a_served.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(got);
+        assert_eq!(b.join().unwrap(), 1, "B gets A's connection back");
+        returner.join().unwrap();
+
+        assert_eq!(counts.created(), 2);
+        assert_eq!(counts.peak(), 1);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
 }
