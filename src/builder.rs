@@ -2,7 +2,8 @@
 
 use crate::{
     config::{Config, ValidationPolicy},
-    error::PoolError,
+    connection::Conn,
+    error::{ConfigError, PoolError},
     manager::ConnectionManager,
     observer::PoolObserver,
     pool::{ConnectionPool, Shared},
@@ -78,7 +79,10 @@ impl<M: ConnectionManager> Builder<M> {
         self
     }
 
-    /// The most connections that exist at once (default 10, at least 1).
+    /// The most connections that exist at once (default 10, at least 1, at most
+    /// [`MAX_POOL_SIZE`](crate::MAX_POOL_SIZE)). The idle queue holds `max_size` connections
+    /// inline and is allocated when the pool is built: [`build`](Self::build) refuses a
+    /// `max_size` whose queue would take over 1 GiB (box a large connection type).
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.config.max_size = max_size;
         self
@@ -217,6 +221,7 @@ impl<M: ConnectionManager> Builder<M> {
             observer,
         } = self;
         config.validate()?;
+        check_idle_queue_size::<M::Connection>(config.max_size)?;
         if runtime.is_none() {
             let needs_runtime = [
                 ("connection_timeout", config.connection_timeout),
@@ -243,6 +248,32 @@ impl<M: ConnectionManager> Builder<M> {
         crate::leak::start(&shared);
         Ok(ConnectionPool::from_shared(shared))
     }
+}
+
+/// The most the idle queue may take up front (1 GiB). It holds connections inline, one place
+/// per slot, allocated when the pool is built; past this, a connection type of many kilobytes
+/// times a large `max_size` is almost surely a mistake, and an allocation that fails aborts
+/// the process instead of returning an error.
+const MAX_IDLE_QUEUE_BYTES: usize = 1 << 30;
+
+fn check_idle_queue_size<C>(max_size: usize) -> Result<(), ConfigError> {
+    // A place in crossbeam's `ArrayQueue` is the value and a stamp word.
+    let place = size_of::<Conn<C>>() + size_of::<usize>();
+    let bytes = place.saturating_mul(max_size);
+    if bytes <= MAX_IDLE_QUEUE_BYTES {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "max_size",
+        format!(
+            "is {max_size} with a connection type of {} bytes: the idle queue, allocated up \
+             front, would take {} MiB (at most {} MiB is accepted); box the connection type (a \
+             `Box` is one pointer) or lower max_size",
+            size_of::<C>(),
+            bytes >> 20,
+            MAX_IDLE_QUEUE_BYTES >> 20,
+        ),
+    ))
 }
 
 impl<M: ConnectionManager> fmt::Debug for Builder<M> {

@@ -260,3 +260,69 @@ fn a_whole_config_can_be_passed_at_once() {
     assert_eq!(pool.config().max_size, 3);
     assert_eq!(pool.status().max_size, 3);
 }
+
+/// A connection type stored inline, `N` bytes.
+struct Inline<const N: usize>;
+
+impl<const N: usize> connection_pool::ConnectionManager for Inline<N> {
+    type Connection = [u8; N];
+    type Error = std::io::Error;
+
+    async fn create_connection(&self) -> Result<[u8; N], std::io::Error> {
+        Ok([0; N])
+    }
+
+    async fn is_valid(&self, _conn: &mut [u8; N]) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_idle_queue_too_large_to_allocate_is_a_config_error_not_an_abort() {
+    // 1 MiB connections times 65,536 places: 64 GiB up front, which aborted the process.
+    let built = ConnectionPool::builder(Inline::<{ 1 << 20 }>)
+        .max_size(MAX_POOL_SIZE)
+        .no_runtime()
+        .build();
+    let Err(PoolError::Config(error)) = built else {
+        panic!("expected a config error");
+    };
+    assert_eq!(error.field(), "max_size");
+    assert!(
+        error.to_string().contains("box the connection type"),
+        "{error}"
+    );
+    // Boxed, the same pool takes a pointer per place.
+    let boxed = ConnectionPool::builder(Boxed)
+        .max_size(MAX_POOL_SIZE)
+        .no_runtime()
+        .build();
+    assert!(boxed.is_ok());
+    // 16 KiB inline: 1 GiB at 65,536 places (refused), 16 MiB at 1,024 (accepted).
+    let refused = ConnectionPool::builder(Inline::<{ 1 << 14 }>)
+        .max_size(MAX_POOL_SIZE)
+        .no_runtime()
+        .build();
+    assert!(matches!(refused, Err(PoolError::Config(_))));
+    let accepted = ConnectionPool::builder(Inline::<{ 1 << 14 }>)
+        .max_size(1024)
+        .no_runtime()
+        .build();
+    assert!(accepted.is_ok());
+}
+
+/// [`Inline`]'s 1 MiB connection, boxed.
+struct Boxed;
+
+impl connection_pool::ConnectionManager for Boxed {
+    type Connection = Box<[u8; 1 << 20]>;
+    type Error = std::io::Error;
+
+    async fn create_connection(&self) -> Result<Self::Connection, std::io::Error> {
+        Ok(vec![0u8; 1 << 20].into_boxed_slice().try_into().unwrap())
+    }
+
+    async fn is_valid(&self, _conn: &mut Self::Connection) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+}
