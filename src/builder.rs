@@ -94,7 +94,10 @@ impl<M: ConnectionManager> Builder<M> {
     /// slots. It obeys the connect governor like any caller, but never waits for it: while
     /// creations fail it tries at the first tick after the backoff delay is over. Unlike
     /// bb8's, it does not refill as soon as checkouts take idle connections: a burst that
-    /// takes them creates on the callers' path until the next tick.
+    /// takes them creates on the callers' path until the next tick. An attempt still running
+    /// after the longer of `cleanup_interval` and 10 s is given up, not counted as a failure
+    /// (unless a shorter `connection_timeout` ends it first, which counts), so that a hung
+    /// connect holds neither a permit nor the cleanup task for long.
     pub fn min_idle(mut self, min_idle: usize) -> Self {
         self.config.min_idle = min_idle;
         self

@@ -103,9 +103,9 @@ impl<M: ConnectionManager> Shared<M> {
     }
 
     /// Creates connections until `min_idle` are idle, the pool is full, or a create fails.
-    /// Without a `connection_timeout`, each attempt is given up (not counted as a failure)
-    /// after `give_up_after`, so that a hanging backend cannot hold a connect permit for ever
-    /// where no caller asked to wait for it.
+    /// Each attempt is given up (not counted as a failure) after `give_up_after` unless
+    /// `connection_timeout` ends it first, so that a hanging backend cannot hold a connect
+    /// permit, or this task's passes, for long where no caller asked to wait for it.
     // Only the background loop calls it, and that loop does not exist under loom.
     #[cfg_attr(loom, allow(dead_code))]
     pub(crate) async fn top_up(&self, give_up_after: Duration) -> TopUp {
@@ -135,10 +135,11 @@ impl<M: ConnectionManager> Shared<M> {
                 break;
             };
             let now = self.now();
-            let (timeout_at, give_up_at) = match self.config.connection_timeout {
-                Some(timeout) => (now.checked_add(timeout), None),
-                None => (None, now.checked_add(give_up_after)),
-            };
+            let timeout_at = self
+                .config
+                .connection_timeout
+                .and_then(|timeout| now.checked_add(timeout));
+            let give_up_at = now.checked_add(give_up_after);
             // A failure is recorded (and logged) by `run`; the next tick tries again.
             let Ok(conn) = creating.run(timeout_at, give_up_at).await else {
                 break;

@@ -276,12 +276,20 @@ async fn stuck_top_up(
     manager: &TestManager,
     runtime: ManualRuntime,
 ) -> ConnectionPool<TestManager> {
+    stuck_top_up_with(manager, runtime, None).await
+}
+
+async fn stuck_top_up_with(
+    manager: &TestManager,
+    runtime: ManualRuntime,
+    connection_timeout: Option<Duration>,
+) -> ConnectionPool<TestManager> {
     manager.counts.set_create(Gate::Hang);
     let pool = ConnectionPool::builder(manager.clone())
         .max_size(4)
         .max_connecting(1)
         .min_idle(1)
-        .connection_timeout(None)
+        .connection_timeout(connection_timeout)
         .wait_timeout(10 * SECOND)
         .validation(ValidationPolicy::Never)
         .cleanup_interval(30 * SECOND)
@@ -466,6 +474,21 @@ async fn without_connection_timeout_a_top_up_attempt_is_given_up_after_a_long_ti
     clock.advance(2 * SECOND);
     eventually("the attempt was given up", || pool.status().connecting == 0).await;
     // Dropped like a cancelled attempt: no failure, so no backoff for the callers.
+    assert_eq!(pool.status().counters.create_failures, 0);
+    manager.counts.set_create(Gate::Ok);
+    let conn = pool.get_connection().await.expect("the permit is free");
+    drop(conn);
+}
+
+#[tokio::test]
+async fn a_connection_timeout_longer_than_a_long_tick_does_not_hold_the_top_up_longer() {
+    // An hour's connection_timeout held the cleanup task (no expiry, no passes) and the
+    // connect permit for the hour, where no timeout at all gave up after the long tick.
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let hour = 3600 * SECOND;
+    let pool = stuck_top_up_with(&manager, ManualRuntime::new(&clock), Some(hour)).await;
+    clock.advance(31 * SECOND);
+    eventually("the attempt was given up", || pool.status().connecting == 0).await;
     assert_eq!(pool.status().counters.create_failures, 0);
     manager.counts.set_create(Gate::Ok);
     let conn = pool.get_connection().await.expect("the permit is free");
