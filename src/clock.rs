@@ -35,13 +35,19 @@ pub(crate) fn coarse_stamp() -> Stamp {
 /// well hand out, still map to distinct readings instead of all saturating at zero.
 const ORIGIN: Stamp = 1 << 62;
 
+/// The latest stamp a reading maps to. `Stamp::MAX` is "never" (a connection without a
+/// lifetime expires then); a reading that reached it would make every such connection
+/// expire, where one that stops here only makes time stand still.
+const LATEST: Stamp = Stamp::MAX - 1;
+
 /// `instant` on the scale of [`coarse_stamp`]: the two agree for readings of
 /// [`coarse_now`], and any other clock's `Instant`s (a manual one) keep their order and
-/// distances. Only instants more than 146 years before the clock's origin saturate at zero.
+/// distances. Only instants more than 146 years before the clock's origin saturate at zero,
+/// and those more than about 438 years after it at [`LATEST`].
 pub(crate) fn stamp_of(instant: Instant) -> Stamp {
     let (anchor, anchor_stamp) = imp::anchor();
     match instant.checked_duration_since(anchor) {
-        Some(after) => anchor_stamp.saturating_add(nanos(after)),
+        Some(after) => anchor_stamp.saturating_add(nanos(after)).min(LATEST),
         None => anchor_stamp.saturating_sub(nanos(anchor.saturating_duration_since(instant))),
     }
 }
@@ -163,6 +169,15 @@ mod tests {
             super::stamp_of(hour_later) - super::stamp_of(base),
             3_600_000_000_000
         );
+    }
+
+    #[test]
+    fn a_reading_centuries_ahead_never_reaches_never() {
+        // A manual clock moved 500 years on: past what a stamp can count.
+        let far = Instant::now().checked_add(Duration::from_secs(500 * 365 * 86_400));
+        if let Some(far) = far {
+            assert!(super::stamp_of(far) < super::Stamp::MAX);
+        }
     }
 
     #[test]

@@ -77,7 +77,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// It must move with [`sleep`](Self::sleep)'s timers. Each step of a `get_connection`
     /// call (waiting, creating, checking) arms a timer for what this clock says is left of
     /// the call's time, so with a clock that stands still a call that goes through several
-    /// steps can wait a whole timeout in each.
+    /// steps can wait a whole timeout in each. It must never go back, as `Instant` promises:
+    /// after a step back, the retry delay the pool set after a failed creation lasts until
+    /// the clock has caught up again. A manual clock far ahead is fine: past about 438 years
+    /// after the system clock's origin, idle times and lifetimes stop advancing.
     fn now(&self) -> Instant {
         Instant::now()
     }

@@ -736,3 +736,29 @@ async fn timer_panics_with_a_working_timer_between_them_do_not_add_up() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_clock_centuries_ahead_expires_nothing_that_has_no_lifetime() {
+    // Past about 438 years a stamp saturated at the value that means "never", so every
+    // connection counted as past its (absent) lifetime and each return destroyed it.
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_lifetime(None)
+        .max_idle_time(None)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(None)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    drop(pool.get_connection().await.unwrap());
+    clock.advance(Duration::from_secs(440 * 365 * 86_400));
+    for _ in 0..3 {
+        drop(pool.get_connection().await.unwrap());
+    }
+    assert_eq!(
+        manager.counts.create_calls(),
+        1,
+        "the one connection is reused"
+    );
+    assert_eq!(pool.status().counters.destroyed.total(), 0);
+}
