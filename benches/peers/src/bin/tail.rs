@@ -6,8 +6,9 @@
 //!
 //! A wait is measured from just before the checkout call to the moment the connection is in
 //! hand; a checkout that times out counts as a wait of however long it took (and as a
-//! timeout), so timing out never hides a tail. Checkouts that start in the first
-//! `--warmup-ms` of a run (all 1,000 tasks arriving at once) are not recorded. The pools run
+//! timeout), so timing out never hides a tail. Waits that end in the first `--warmup-ms` of
+//! a run (all 1,000 tasks arriving at once) are not recorded; a wait that began then and
+//! ends later is, whole, so that a task starved from the start still shows. The pools run
 //! in an order shuffled each round from `--seed`, so that none always runs first or right
 //! after the same pool.
 
@@ -42,7 +43,7 @@ OPTIONS:
   --hold-ms MS        how long each checkout holds its connection (tokio sleep) [1]
   --wait-timeout-ms MS  every pool's wait timeout (qp has none: tokio::time::timeout) [5000]
   --rounds N          repeat the whole set, interleaved, and pool the waits [1]
-  --warmup-ms MS      checkouts starting this early in a run are not recorded [500]
+  --warmup-ms MS      waits ending this early in a run are not recorded [500]
   --seed N            each round's order of the pools is shuffled from this [1]
   --pools LIST        ours,deadpool,bb8,mobc,qp,arrayqueue,mutex+sem [all]
   --hang-secs S       a run not done this long after its end is reported as HANG [10]
@@ -132,7 +133,6 @@ impl PoolBody<Waits> for TailBody {
                     let mut mine = Waits::default();
                     while Instant::now() < end {
                         let start = Instant::now();
-                        let recorded = start >= recorded_from;
                         let mut waited = None;
                         let got = pool
                             .checkout_then(|| {
@@ -140,10 +140,10 @@ impl PoolBody<Waits> for TailBody {
                                 tokio::time::sleep(hold)
                             })
                             .await;
-                        if !recorded {
+                        let wait = waited.unwrap_or_else(|| start.elapsed());
+                        if start + wait < recorded_from {
                             continue;
                         }
-                        let wait = waited.unwrap_or_else(|| start.elapsed());
                         mine.waits.push(wait.as_nanos() as u64);
                         if !got {
                             mine.timeouts += 1;
@@ -276,7 +276,7 @@ fn main() {
         report,
         "Machine: {machine}. tokio, {} worker threads; {} tasks on {} connections, each holding \
          its connection {:?} (tokio sleep); {} s per pool x {} round(s), the pools in a \
-         shuffled order each round (seed {}), checkouts started in the first {:?} of a run \
+         shuffled order each round (seed {}), waits that ended in the first {:?} of a run \
          not recorded; wait timeout {:?}.",
         config.threads,
         config.tasks,
