@@ -75,6 +75,19 @@ impl Capacity {
             .is_ok()
     }
 
+    /// Gives a permit the caller holds (its creation just finished, its slot going with the
+    /// connection) a new slot, if one is free: a creation begins without the permit ever
+    /// being free in between.
+    pub(crate) fn try_add_slot(&self) -> bool {
+        let max_size = self.max_size as u64;
+        self.word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                debug_assert!(word >> 32 > 0, "no permit held");
+                ((word & SLOT_MASK) < max_size).then_some(word + SLOT)
+            })
+            .is_ok()
+    }
+
     /// Whether a creation could begin now: a slot and a permit are free.
     pub(crate) fn can_create(&self, max_connecting: usize) -> bool {
         let word = self.word.load(Ordering::Acquire);

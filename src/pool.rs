@@ -311,10 +311,7 @@ impl<M: ConnectionManager> Shared<M> {
     /// parked. With nobody in line to take the grant, or no permit free, the slot is freed and
     /// `wake_creator` does the rest.
     pub(crate) fn release_slot(&self) {
-        if self.waitlist.waiting() != 0
-            && !self.governor.is_failing()
-            && self.capacity.try_add_permit(self.config.max_connecting)
-        {
+        if self.grants_pass_on() && self.capacity.try_add_permit(self.config.max_connecting) {
             if self.waitlist.grant() {
                 return;
             }
@@ -325,13 +322,22 @@ impl<M: ConnectionManager> Shared<M> {
         self.wake_creator();
     }
 
+    /// Whether capacity coming free should go straight to the oldest waiter as a grant,
+    /// never free in between (see `release_slot`): someone waits, and creations work (while
+    /// they fail the governor decides who tries; see `wake_creator`).
+    fn grants_pass_on(&self) -> bool {
+        self.waitlist.waiting() != 0 && !self.governor.is_failing()
+    }
+
     /// When a slot and a permit are free, reserves them and grants them to the oldest waiter,
     /// which creates a connection with them (while creations fail, it wakes that waiter to ask
     /// the governor instead, if no creation is in flight). Whoever frees the second of the two
     /// sees both free (they share one atomic word), so the grant is not lost; reserving them
     /// first keeps a caller that comes along before the waiter runs from taking them and
-    /// sending it to the back (a slot freed by a destroyed connection is never free in
-    /// between: see `release_slot`; a permit freed by a finished creation is, for an instant).
+    /// sending it to the back. (While someone waits and creations work, a destroyed
+    /// connection's slot, a finished creation's permit and a dropped creation's slot and
+    /// permit skip this: they pass to the oldest waiter without being free in between; see
+    /// `release_slot`.)
     pub(crate) fn wake_creator(&self) {
         // Pairs with the fence a new waiter issues between publishing its place and trying to
         // take a slot: either it sees the slot or permit just freed, or this sees its place.
@@ -957,11 +963,20 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
     }
 
     /// Hands the slot to the created connection and gives the permit back, waking a waiter
-    /// that may now create.
+    /// that may now create. While someone waits, the permit goes with a free slot straight
+    /// to the oldest waiter as a grant (as in `Shared::release_slot`).
     fn finish(mut self, conn: Conn<M::Connection>) -> Conn<M::Connection> {
         self.armed = false;
-        self.shared.capacity.finish_create();
-        self.shared.wake_creator();
+        let shared = self.shared;
+        if shared.grants_pass_on() && shared.capacity.try_add_slot() {
+            if shared.waitlist.grant() {
+                return conn;
+            }
+            shared.capacity.abort_create();
+        } else {
+            shared.capacity.finish_create();
+        }
+        shared.wake_creator();
         conn
     }
 
@@ -1032,6 +1047,11 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
 impl<M: ConnectionManager> Drop for Creating<'_, M> {
     fn drop(&mut self) {
         if self.armed {
+            // Unused (cancelled, or a grant passed on): straight to the oldest waiter while
+            // someone waits, as in `Shared::release_slot`.
+            if self.shared.grants_pass_on() && self.shared.waitlist.grant() {
+                return;
+            }
             self.shared.capacity.abort_create();
             self.shared.wake_creator();
         }

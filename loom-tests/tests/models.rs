@@ -1070,10 +1070,7 @@ fn m16a_a_waiter_in_line_is_served_before_one_that_registers_during_the_return()
 ///
 ///      (Nothing can be created meanwhile: the probe holds the only permit throughout, so the
 ///      slot connection 0 frees stays unused and the last hand-over is a connection, not a
-///      grant. A grant is ordered as strictly only for a slot a destroyed connection frees
-///      (16c); a permit a finished creation frees is reserved for the oldest waiter once the
-///      freeing thread reaches `wake_creator`, and a caller that tries to create in between
-///      takes it, parked waiters or not.)
+///      grant. Grants are ordered as strictly: 16c-e.)
 #[test]
 fn m16b_a_waiter_that_queues_again_is_served_before_a_younger_first_time_waiter() {
     check("m16b front lane first", || {
@@ -1185,6 +1182,82 @@ fn m16c_a_slot_freed_by_a_broken_return_goes_to_the_parked_waiter_not_a_newcomer
 
         assert_eq!(counts.created(), 2);
         assert_eq!(counts.peak(), 1);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 16d. A connect permit freed by a finished creation goes to the parked waiter, not to a
+///      caller arriving meanwhile. `max_size` 2, `max_connecting` 1: call C's creation is in
+///      flight (it yields once), holding the only permit; the main thread's call A is polled
+///      until it waits (published) for a permit. Then, concurrently, a thread drives C to the
+///      end (and keeps its connection) and call B starts on another. Property: A is served
+///      before B, wherever B's arrival lands in C's finish: the permit passes with a free slot
+///      to A as a grant without being free in between (`Creating::finish`). Before that, a B
+///      that tried to create between the permit's release and its reservation for A took the
+///      last slot, and A waited for B.
+#[test]
+fn m16d_a_permit_freed_by_a_finished_creation_goes_to_the_parked_waiter_not_a_newcomer() {
+    permit_freed_beside_a_newcomer("m16d freed permit first come, first served", false);
+}
+
+/// 16e. As 16d, but with `max_size` 1 and C cancelled mid-creation: its slot and permit pass
+///      to A as a grant without being free in between (`Creating`'s drop).
+#[test]
+fn m16e_a_cancelled_creation_passes_its_slot_and_permit_to_the_parked_waiter() {
+    permit_freed_beside_a_newcomer("m16e cancelled creation first come, first served", true);
+}
+
+fn permit_freed_beside_a_newcomer(name: &'static str, cancel: bool) {
+    check(name, move || {
+        // One slot for A and B together: beside C's connection, or, C cancelled, alone.
+        let max_size = if cancel { 1 } else { 2 };
+        let pool = pool_connecting(max_size, 1, ModelManager::new(&[Create::PendOnce]));
+        let counts = pool.manager().counts.clone();
+        let creator = pool.clone();
+        let mut c_get = Box::pin(async move { creator.get_connection_owned().await });
+        assert!(
+            poll_once_then_drop(c_get.as_mut()).is_pending(),
+            "C is creating"
+        );
+        let mut a = Box::pin(pool.get_connection());
+        assert!(
+            poll_once_then_drop(a.as_mut()).is_pending(),
+            "A waits for the permit"
+        );
+        let a_served = loom::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let b = {
+            let pool = pool.clone();
+            let a_served = a_served.clone();
+            thread::spawn(move || {
+                let conn = get_owned(&pool).expect("B is served");
+                assert!(
+                    a_served.load(std::sync::atomic::Ordering::SeqCst),
+                    "B was served before A, which waited first"
+                );
+                conn.id
+            })
+        };
+        let finisher = thread::spawn(move || {
+            if cancel {
+                drop(c_get);
+                None
+            } else {
+                Some(loom::future::block_on(c_get).expect("C is served"))
+            }
+        });
+        let got = loom::future::block_on(a.as_mut()).expect("A is served");
+        drop(a);
+        a_served.store(true, std::sync::atomic::Ordering::SeqCst);
+        let a_id = got.id;
+        drop(got);
+        assert_eq!(b.join().unwrap(), a_id, "B gets A's connection back");
+        let c_conn = finisher.join().unwrap();
+        assert_eq!(c_conn.is_some(), !cancel);
+        drop(c_conn);
+
+        assert_eq!(counts.created(), if cancel { 1 } else { 2 });
+        assert_eq!(counts.peak_creating(), 1);
         drop(pool);
         assert_eq!(counts.live(), 0);
     });
