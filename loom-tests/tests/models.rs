@@ -1158,19 +1158,7 @@ fn m16c_a_slot_freed_by_a_broken_return_goes_to_the_parked_waiter_not_a_newcomer
             poll_once_then_drop(a.as_mut()).is_pending(),
             "A waits in line"
         );
-        let a_served = loom::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
-        let b = {
-            let pool = pool.clone();
-            let a_served = a_served.clone();
-            thread::spawn(move || {
-                let conn = get_owned(&pool).expect("B is served");
-                assert!(
-                    a_served.load(std::sync::atomic::Ordering::SeqCst),
-                    "B was served before A, which waited first"
-                );
-                conn.id
-            })
-        };
+        let (a_served, b) = newcomer_served_after_a(&pool);
         let returner = thread::spawn(move || drop(held));
         let got = loom::future::block_on(a.as_mut()).expect("A is served");
         drop(a);
@@ -1225,19 +1213,7 @@ fn permit_freed_beside_a_newcomer(name: &'static str, cancel: bool) {
             poll_once_then_drop(a.as_mut()).is_pending(),
             "A waits for the permit"
         );
-        let a_served = loom::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
-        let b = {
-            let pool = pool.clone();
-            let a_served = a_served.clone();
-            thread::spawn(move || {
-                let conn = get_owned(&pool).expect("B is served");
-                assert!(
-                    a_served.load(std::sync::atomic::Ordering::SeqCst),
-                    "B was served before A, which waited first"
-                );
-                conn.id
-            })
-        };
+        let (a_served, b) = newcomer_served_after_a(&pool);
         let finisher = thread::spawn(move || {
             if cancel {
                 drop(c_get);
@@ -1261,4 +1237,29 @@ fn permit_freed_beside_a_newcomer(name: &'static str, cancel: bool) {
         drop(pool);
         assert_eq!(counts.live(), 0);
     });
+}
+
+/// Call B on a thread of its own, arriving while A waits: it asserts, once served, that the
+/// main thread has set the returned flag (A was served first), and returns its connection's
+/// id.
+fn newcomer_served_after_a(
+    pool: &ConnectionPool<ModelManager>,
+) -> (
+    loom::sync::Arc<loom::sync::atomic::AtomicBool>,
+    thread::JoinHandle<usize>,
+) {
+    let a_served = loom::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
+    let b = {
+        let pool = pool.clone();
+        let a_served = a_served.clone();
+        thread::spawn(move || {
+            let conn = get_owned(&pool).expect("B is served");
+            assert!(
+                a_served.load(std::sync::atomic::Ordering::SeqCst),
+                "B was served before A, which waited first"
+            );
+            conn.id
+        })
+    };
+    (a_served, b)
 }
