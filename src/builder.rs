@@ -96,7 +96,7 @@ impl<M: ConnectionManager> Builder<M> {
     /// bb8's, it does not refill as soon as checkouts take idle connections: a burst that
     /// takes them creates on the callers' path until the next tick. An attempt still running
     /// after the longer of `cleanup_interval` and 10 s is given up, not counted as a failure
-    /// (unless a shorter `connection_timeout` ends it first, which counts), so that a hung
+    /// (a `connection_timeout` no longer than that ends it first, and that counts), so that a hung
     /// connect holds neither a permit nor the cleanup task for long.
     pub fn min_idle(mut self, min_idle: usize) -> Self {
         self.config.min_idle = min_idle;

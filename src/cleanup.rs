@@ -135,11 +135,16 @@ impl<M: ConnectionManager> Shared<M> {
                 break;
             };
             let now = self.now();
-            let timeout_at = self
-                .config
-                .connection_timeout
-                .and_then(|timeout| now.checked_add(timeout));
-            let give_up_at = now.checked_add(give_up_after);
+            // A connection_timeout no longer than the give-up time ends a hung attempt first,
+            // as a failure (counted, logged, backed off); only a longer one, or none, leaves
+            // the give-up to end it, as no failure.
+            let (timeout_at, give_up_at) = match self.config.connection_timeout {
+                Some(timeout) if timeout <= give_up_after => (now.checked_add(timeout), None),
+                timeout => (
+                    timeout.and_then(|timeout| now.checked_add(timeout)),
+                    now.checked_add(give_up_after),
+                ),
+            };
             // A failure is recorded (and logged) by `run`; the next tick tries again.
             let Ok(conn) = creating.run(timeout_at, give_up_at).await else {
                 break;
@@ -231,9 +236,10 @@ async fn run<M: ConnectionManager>(
             // A top-up can wait on a slow or hanging `create_connection` while it holds the
             // pool: a stop drops it (and with it the creation's slot and permit), and the loop
             // re-checks whether it is still wanted.
-            // Without a connection_timeout an attempt is given up only once it has taken
-            // longer than both a tick and the default connection_timeout: long enough for any
-            // reasonable connect, short enough that a hanging one frees its permit.
+            // Without a connection_timeout, or with a longer one, an attempt is given up only
+            // once it has taken longer than both a tick and the default connection_timeout:
+            // long enough for any reasonable connect, short enough that a hanging one frees
+            // its permit.
             let give_up_after = interval.max(crate::config::DEFAULT_CONNECTION_TIMEOUT);
             // A panic in user code (`create_connection`, an observer, the runtime's clock or
             // timer) must not end the task for good: min_idle would never be restored nor idle

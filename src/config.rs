@@ -69,7 +69,8 @@ pub struct Config {
     pub max_lifetime: Option<Duration>,
     /// Bound on one `create_connection` call; `None` waits for ever (a `get_connection`
     /// still only as long as its `wait_timeout`; the cleanup task's `min_idle` top-up gives an
-    /// attempt up after one `cleanup_interval` or 10 s, whichever is longer).
+    /// attempt up after one `cleanup_interval` or 10 s, whichever is longer, when there is no
+    /// `connection_timeout` or a longer one).
     pub connection_timeout: Option<Duration>,
     /// Bound on a whole `get_connection` call; `None` waits for ever.
     pub wait_timeout: Option<Duration>,

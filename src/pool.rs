@@ -1024,7 +1024,7 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
                 }
                 log::debug!(
                     "{}: a creation outlived its caller's deadline (a get's wait_timeout, or \
-                     the give-up time of a min_idle top-up without connection_timeout); \
+                     the give-up time of a min_idle top-up); \
                      the attempt is dropped (not counted as a failure); {}",
                     shared.config.name,
                     shared.occupancy(),

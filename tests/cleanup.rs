@@ -496,6 +496,27 @@ async fn a_connection_timeout_longer_than_a_long_tick_does_not_hold_the_top_up_l
 }
 
 #[tokio::test]
+async fn a_connection_timeout_within_the_long_tick_still_fails_a_hung_top_up() {
+    // cleanup_interval 5 s, so the give-up time is 10 s: the default connection_timeout
+    // (also 10 s) must end the attempt as a failure (counted, backed off), not as a give-up.
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    manager.counts.set_create(Gate::Hang);
+    let pool = ConnectionPool::builder(manager.clone())
+        .max_size(4)
+        .min_idle(1)
+        .connection_timeout(10 * SECOND)
+        .validation(ValidationPolicy::Never)
+        .cleanup_interval(5 * SECOND)
+        .runtime(ManualRuntime::new(&clock))
+        .build()
+        .unwrap();
+    eventually("the top-up is creating", || pool.status().connecting == 1).await;
+    clock.advance(11 * SECOND);
+    eventually("the attempt timed out", || pool.status().connecting == 0).await;
+    assert_eq!(pool.status().counters.create_failures, 1);
+}
+
+#[tokio::test]
 async fn without_connection_timeout_a_slow_top_up_outlives_a_short_tick() {
     // Real time: the connect takes five ticks. Giving each attempt up after one tick (as a
     // first version of the give-up did) never let one finish.
