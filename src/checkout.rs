@@ -285,14 +285,7 @@ fn timed_out<M: ConnectionManager>(
     } else {
         shared.timeout_warnings.admit(shared.stamp())
     };
-    let (level, held_back) = match warning {
-        Some(held_back) => (log::Level::Warn, held_back),
-        None => (log::Level::Debug, 0),
-    };
-    let held_back = HeldBack {
-        count: held_back,
-        what: "timed out",
-    };
+    let (level, held_back) = HeldBack::level(warning, "timed out");
     log::log!(
         level,
         "{}: get_connection timed out {phase}; {}{held_back}",

@@ -676,14 +676,8 @@ impl<M: ConnectionManager> Shared<M> {
         fence(Ordering::SeqCst);
         self.waitlist.wake_all();
         // The count in a row says how many were held back at debug.
-        let (level, held_back) = match self.create_failure_warnings.admit(clock::stamp_of(now)) {
-            Some(held_back) => (log::Level::Warn, held_back),
-            None => (log::Level::Debug, 0),
-        };
-        let held_back = HeldBack {
-            count: held_back,
-            what: "failed",
-        };
+        let admitted = self.create_failure_warnings.admit(clock::stamp_of(now));
+        let (level, held_back) = HeldBack::level(admitted, "failed");
         log::log!(
             level,
             "{}: could not create a connection ({kind}, {failures} in a row): {message}; \

@@ -69,6 +69,17 @@ impl fmt::Display for HeldBack {
     }
 }
 
+impl HeldBack {
+    /// The level of an event's log line and the end of it, from what [`Throttle::admit`]
+    /// said of the event: a warning with the count held back, or debug.
+    pub(crate) fn level(admitted: Option<u64>, what: &'static str) -> (log::Level, Self) {
+        match admitted {
+            Some(count) => (log::Level::Warn, Self { count, what }),
+            None => (log::Level::Debug, Self { count: 0, what }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -276,13 +276,14 @@ async fn stuck_top_up(
     manager: &TestManager,
     runtime: ManualRuntime,
 ) -> ConnectionPool<TestManager> {
-    stuck_top_up_with(manager, runtime, None).await
+    stuck_top_up_with(manager, runtime, None, 30 * SECOND).await
 }
 
 async fn stuck_top_up_with(
     manager: &TestManager,
     runtime: ManualRuntime,
     connection_timeout: Option<Duration>,
+    interval: Duration,
 ) -> ConnectionPool<TestManager> {
     manager.counts.set_create(Gate::Hang);
     let pool = ConnectionPool::builder(manager.clone())
@@ -292,7 +293,7 @@ async fn stuck_top_up_with(
         .connection_timeout(connection_timeout)
         .wait_timeout(10 * SECOND)
         .validation(ValidationPolicy::Never)
-        .cleanup_interval(30 * SECOND)
+        .cleanup_interval(interval)
         .runtime(runtime)
         .build()
         .unwrap();
@@ -486,7 +487,13 @@ async fn a_connection_timeout_longer_than_a_long_tick_does_not_hold_the_top_up_l
     // connect permit for the hour, where no timeout at all gave up after the long tick.
     let (manager, clock) = (TestManager::new(), ManualClock::new());
     let hour = 3600 * SECOND;
-    let pool = stuck_top_up_with(&manager, ManualRuntime::new(&clock), Some(hour)).await;
+    let pool = stuck_top_up_with(
+        &manager,
+        ManualRuntime::new(&clock),
+        Some(hour),
+        30 * SECOND,
+    )
+    .await;
     clock.advance(31 * SECOND);
     eventually("the attempt was given up", || pool.status().connecting == 0).await;
     assert_eq!(pool.status().counters.create_failures, 0);
@@ -500,17 +507,8 @@ async fn a_connection_timeout_within_the_long_tick_still_fails_a_hung_top_up() {
     // cleanup_interval 5 s, so the give-up time is 10 s: the default connection_timeout
     // (also 10 s) must end the attempt as a failure (counted, backed off), not as a give-up.
     let (manager, clock) = (TestManager::new(), ManualClock::new());
-    manager.counts.set_create(Gate::Hang);
-    let pool = ConnectionPool::builder(manager.clone())
-        .max_size(4)
-        .min_idle(1)
-        .connection_timeout(10 * SECOND)
-        .validation(ValidationPolicy::Never)
-        .cleanup_interval(5 * SECOND)
-        .runtime(ManualRuntime::new(&clock))
-        .build()
-        .unwrap();
-    eventually("the top-up is creating", || pool.status().connecting == 1).await;
+    let runtime = ManualRuntime::new(&clock);
+    let pool = stuck_top_up_with(&manager, runtime, Some(10 * SECOND), 5 * SECOND).await;
     clock.advance(11 * SECOND);
     eventually("the attempt timed out", || pool.status().connecting == 0).await;
     assert_eq!(pool.status().counters.create_failures, 1);
