@@ -144,17 +144,18 @@ impl<E> Governor<E> {
         }
     }
 
-    /// Records a successful creation. Returns `true` when it ends a run of failures.
-    pub(crate) fn succeeded(&self) -> bool {
+    /// Records a successful creation. Returns how many failures in a row it ends (0 while
+    /// creates were succeeding already).
+    pub(crate) fn succeeded(&self) -> usize {
         if !self.is_failing() {
-            return false;
+            return 0;
         }
         if let Ok(mut last) = self.last.lock() {
             if let Some(last) = last.as_mut() {
                 last.permanent = None;
             }
         }
-        self.failures.swap(0, Ordering::AcqRel) > 0
+        self.failures.swap(0, Ordering::AcqRel)
     }
 
     /// The message of the last creation failure, if it happened at or after `since` or no
@@ -227,7 +228,8 @@ mod tests {
         assert!(matches!(governor.admission(epoch), Admission::Rejected(_)));
         let later = epoch + CREATE_BACKOFF_MAX * 2;
         assert!(matches!(governor.admission(later), Admission::Probe));
-        assert!(governor.succeeded());
+        assert_eq!(governor.succeeded(), 1);
+        assert_eq!(governor.succeeded(), 0, "nothing left to clear");
         assert!(matches!(governor.admission(later), Admission::Open));
         assert_eq!(governor.error_since(epoch).as_deref(), Some("bad password"));
         assert_eq!(governor.error_since(later), None);
@@ -247,7 +249,7 @@ mod tests {
         governor.abandoned(later, "dropped again".into());
         assert_eq!(governor.error_since(epoch).as_deref(), Some("refused"));
         // Nor after the failure has been cured.
-        assert!(governor.succeeded());
+        assert_eq!(governor.succeeded(), 1);
         governor.abandoned(later, "dropped once more".into());
         assert_eq!(governor.error_since(epoch).as_deref(), Some("refused"));
     }

@@ -727,10 +727,12 @@ impl<M: ConnectionManager> Shared<M> {
     /// the governor held back.
     pub(crate) fn create_succeeded(&self, started: Instant, now: Instant) {
         Stats::bump(&self.stats.created);
-        if self.governor.succeeded() {
+        let failures = self.governor.succeeded();
+        if failures > 0 {
             log::info!(
-                "{}: creating connections works again; {}",
+                "{}: creating connections works again, after {failures} failed attempt{}; {}",
                 self.config.name,
+                if failures == 1 { "" } else { "s" },
                 self.occupancy(),
             );
             // As in `create_failed`: the governor's new state before the look at the wait

@@ -213,6 +213,44 @@ async fn the_next_create_failure_warning_says_how_many_were_held_back() {
 }
 
 #[tokio::test]
+async fn the_recovery_is_logged_once_with_the_failures_it_ends() {
+    let (pool, manager, clock) = pool("recovery");
+    manager.counts.set_create(Gate::Fail);
+    let get = || {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get_connection().await.map(|_| ()) })
+    };
+    for call in 0..3 {
+        let failing = get();
+        if call > 0 {
+            eventually("the call waits out the delay", || {
+                pool.status().waiters == 1
+            })
+            .await;
+            clock.advance(Duration::from_millis(700));
+        }
+        assert!(matches!(failing.await.unwrap(), Err(PoolError::Backend(_))));
+    }
+    manager.counts.set_create(Gate::Ok);
+    let recovering = get();
+    eventually("the call waits out the delay", || {
+        pool.status().waiters == 1
+    })
+    .await;
+    clock.advance(Duration::from_millis(700));
+    recovering.await.unwrap().unwrap();
+    assert_eq!(
+        records_of("recovery: creating connections works again"),
+        [(
+            log::Level::Info,
+            "recovery: creating connections works again, after 3 failed attempts; size 1, \
+             idle 0, waiters 0"
+                .to_owned()
+        )]
+    );
+}
+
+#[tokio::test]
 async fn a_call_that_starts_to_wait_is_logged_once_with_the_counts() {
     let (pool, _manager, _clock) = pool("waits");
     let held = pool.get_connection().await.unwrap();
