@@ -223,7 +223,11 @@ impl<'a, M: ConnectionManager> PooledConnection<'a, M> {
         if let Some(watch) = &shared.leaks {
             watch.unfile(record);
         }
-        let now = shared.now();
+        // A clock that panics while the guard is dropped by another panic costs the record,
+        // not the process.
+        let Some(now) = crate::pool::user_code_in_drop(|| shared.now()) else {
+            return;
+        };
         if let Some(watch) = &shared.leaks {
             if watch.returned(record, now, &shared.config.name, || shared.occupancy()) {
                 crate::status::Stats::bump(&shared.stats.leaks);

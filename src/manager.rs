@@ -89,7 +89,9 @@ pub trait ConnectionManager: Send + Sync + 'static {
     /// [`ValidationPolicy`](crate::ValidationPolicy) asks for it, bounded by
     /// `validation_timeout`; a connection whose check is cancelled or times out is destroyed,
     /// since it may hold a half-read reply (after a timeout the pool tries another one, as
-    /// after an error).
+    /// after an error). A panic in it destroys the connection (counted as
+    /// [`DestroyReason::Panicked`](crate::DestroyReason::Panicked)), frees its slot and
+    /// unwinds into the caller of `get_connection`.
     fn is_valid(
         &self,
         conn: &mut Self::Connection,

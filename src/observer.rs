@@ -28,7 +28,11 @@ pub enum CreateFailure<'a> {
 /// or connection is lost. The cleanup task catches one, logs it at `warn` and goes on. A
 /// panic in [`on_checkout`](Self::on_checkout) reaches the `get_connection` caller in place of
 /// the connection, which is closed (reported as
-/// [`DestroyReason::Panicked`](crate::DestroyReason::Panicked)) and its slot freed.
+/// [`DestroyReason::Panicked`](crate::DestroyReason::Panicked)) and its slot freed; one in
+/// [`on_return`](Self::on_return) reaches the code dropping the guard, and the connection is
+/// closed the same way instead of returned. A panic while the thread already unwinds (the
+/// guard dropped by another panic) is caught and dropped, as it would otherwise abort the
+/// process.
 ///
 /// # Examples
 ///

@@ -432,18 +432,11 @@ impl<M: ConnectionManager> Shared<M> {
         );
     }
 
-    /// Calls the observer, if there is one, from code that guards run in `Drop`. While the
-    /// thread unwinds (a guard dropped by a panic, or after a first panic in the observer), a
-    /// panic in the observer is caught and dropped: escaping a destructor mid-unwind, it would
-    /// abort the process.
+    /// Calls the observer, if there is one, from code that guards run in `Drop`; see
+    /// [`user_code_in_drop`].
     pub(crate) fn observe_in_drop(&self, event: impl FnOnce(&dyn PoolObserver)) {
-        let Some(observer) = self.observer.as_deref() else {
-            return;
-        };
-        if std::thread::panicking() {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| event(observer)));
-        } else {
-            event(observer);
+        if let Some(observer) = self.observer.as_deref() {
+            user_code_in_drop(|| event(observer));
         }
     }
 
@@ -589,7 +582,7 @@ impl<M: ConnectionManager> Shared<M> {
     ///
     /// A panic in user code (an observer's `on_destroy`, a connection's `Drop`) does not stop
     /// the drain, which would leave connections open in a closed pool; the first one is
-    /// resumed once every idle connection is gone.
+    /// resumed once every idle connection is gone (unless the thread unwinds already).
     pub(crate) fn drain_idle(&self) {
         let mut first_panic = None;
         while let Some(conn) = self.idle.pop() {
@@ -600,8 +593,13 @@ impl<M: ConnectionManager> Shared<M> {
                 first_panic.get_or_insert(panic);
             }
         }
+        // Not while the thread unwinds already (the last handle, or a guard that met a closed
+        // pool, dropped by a panic): resumed from inside a destructor, the panic would abort
+        // the process. The panic under way is the one the application sees.
         if let Some(panic) = first_panic {
-            std::panic::resume_unwind(panic);
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(panic);
+            }
         }
     }
 
@@ -878,10 +876,29 @@ impl<M: ConnectionManager> Drop for Slot<'_, M> {
         if !self.armed {
             return;
         }
+        // Dropped by a panic (in `is_valid`, say): counted as a panic, whatever the guard
+        // was for.
+        let reason = if std::thread::panicking() {
+            DestroyReason::Panicked
+        } else {
+            self.drop_reason
+        };
         match self.conn.take() {
-            Some(conn) => self.shared.destroy(conn, self.drop_reason),
+            Some(conn) => self.shared.destroy(conn, reason),
             None => self.shared.release_slot(),
         }
+    }
+}
+
+/// Runs user code (an observer, the runtime's clock) from code that guards run in `Drop`.
+/// While the thread unwinds (a guard dropped by a panic, or after a first panic in user code),
+/// a panic in it is caught and dropped (`None`): escaping a destructor mid-unwind, it would
+/// abort the process.
+pub(crate) fn user_code_in_drop<R>(user_code: impl FnOnce() -> R) -> Option<R> {
+    if std::thread::panicking() {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(user_code)).ok()
+    } else {
+        Some(user_code())
     }
 }
 

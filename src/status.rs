@@ -20,7 +20,9 @@ pub enum DestroyReason {
     MaxLifetime,
     /// The pool was closed.
     Closed,
-    /// Its guard was dropped while the thread was panicking; it may be mid-transaction.
+    /// Its guard was dropped while the thread was panicking, so it may be mid-transaction; or
+    /// user code the pool ran for it panicked (`is_valid`, `has_broken`, the observer's
+    /// `on_checkout` or `on_return`, the runtime's clock).
     Panicked,
 }
 

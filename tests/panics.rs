@@ -74,6 +74,13 @@ async fn a_panicking_validation_destroys_the_connection() {
     assert!(task.await.unwrap_err().is_panic());
     assert_eq!(pool.status().size, 0);
     assert_eq!(manager.counts.live(), 0);
+    // Counted as a panic, not as a check cut short.
+    let destroyed = pool.status().counters.destroyed;
+    assert_eq!(
+        (destroyed.panicked, destroyed.validation_aborted),
+        (1, 0),
+        "{destroyed:?}"
+    );
     manager.counts.set_validate(Gate::Ok);
     assert!(pool.get_connection().await.is_ok());
 }
@@ -267,23 +274,32 @@ impl connection_pool::PoolObserver for KeepsPanicking {
 const KEEPS_PANICKING: &str =
     "an_observer_that_panics_again_while_unwinding_does_not_abort_the_process";
 
+/// Whether this is the child process that runs the test named `test`. A second panic
+/// escaping a destructor mid-unwind aborts the whole process, test harness included, so such
+/// a scenario runs in a child: this same test binary, with a variable set. In the parent,
+/// runs the child, asserts that it passed, and returns `false`.
+fn in_child_process(test: &str) -> bool {
+    if std::env::var_os("POOL_TEST_CHILD").is_some() {
+        return true;
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--test-threads=1"])
+        .env("POOL_TEST_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success() && stdout.contains(&format!("{test} ... ok")),
+        "{:?}\n{stdout}\n{}",
+        child.status,
+        String::from_utf8_lossy(&child.stderr)
+    );
+    false
+}
+
 #[test]
 fn an_observer_that_panics_again_while_unwinding_does_not_abort_the_process() {
-    // A second panic escaping a destructor mid-unwind aborts the whole process, test harness
-    // included, so the scenario runs in a child process: this same test, with a variable set.
-    if std::env::var_os("POOL_TEST_CHILD").is_none() {
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", KEEPS_PANICKING, "--test-threads=1"])
-            .env("POOL_TEST_CHILD", "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&child.stdout);
-        assert!(
-            child.status.success() && stdout.contains(&format!("{KEEPS_PANICKING} ... ok")),
-            "{:?}\n{stdout}\n{}",
-            child.status,
-            String::from_utf8_lossy(&child.stderr)
-        );
+    if !in_child_process(KEEPS_PANICKING) {
         return;
     }
     let manager = TestManager::new();
@@ -366,6 +382,36 @@ fn a_clock_that_panics_as_a_connection_is_returned_frees_its_slot() {
     let returned = catch_unwind(AssertUnwindSafe(|| drop(conn)));
     assert!(returned.is_err(), "the clock's panic reaches the caller");
     assert_eq!(pool.status().size, 0, "the connection was destroyed");
+    assert_eq!(pool.status().counters.destroyed.panicked, 1);
+    assert_slot_free(&pool);
+}
+
+const CLOCK_PANICS_AGAIN: &str =
+    "a_clock_that_panics_while_a_guard_is_dropped_by_a_panic_does_not_abort_the_process";
+
+#[test]
+fn a_clock_that_panics_while_a_guard_is_dropped_by_a_panic_does_not_abort_the_process() {
+    if !in_child_process(CLOCK_PANICS_AGAIN) {
+        return;
+    }
+    let countdown = Arc::new(AtomicUsize::new(0));
+    let clock = FaultyClock(Arc::clone(&countdown));
+    // With an observer, the return reads the clock for `on_return`.
+    let pool = ConnectionPool::builder(TestManager::new())
+        .max_size(1)
+        .validation(ValidationPolicy::Never)
+        .no_runtime()
+        .runtime(FaultyClock(countdown))
+        .observer(CountsDestroys::default())
+        .build()
+        .unwrap();
+    let conn = block_on(pool.get_connection()).unwrap();
+    clock.panic_at_read(1);
+    let held = catch_unwind(AssertUnwindSafe(move || {
+        let _conn = conn;
+        panic!("the holder panics on purpose");
+    }));
+    assert!(held.is_err());
     assert_eq!(pool.status().counters.destroyed.panicked, 1);
     assert_slot_free(&pool);
 }
@@ -538,4 +584,68 @@ fn a_connection_whose_drop_panics_still_gives_its_slot_back() {
     let next = block_on(pool.get_connection()).unwrap();
     // Keep the pool's drop from dropping it, and this test from panicking there.
     std::mem::forget(connection_pool::PooledConnection::detach(next));
+}
+
+/// A connection whose `Drop` panics every time, even while the thread unwinds.
+struct AlwaysBomb(Arc<AtomicUsize>);
+
+impl Drop for AlwaysBomb {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("the connection's Drop panics on purpose, always");
+    }
+}
+
+/// Makes [`AlwaysBomb`]s sharing one count of drops.
+struct AlwaysBombManager(Arc<AtomicUsize>);
+
+impl connection_pool::ConnectionManager for AlwaysBombManager {
+    type Connection = AlwaysBomb;
+    type Error = std::io::Error;
+
+    async fn create_connection(&self) -> Result<AlwaysBomb, std::io::Error> {
+        Ok(AlwaysBomb(Arc::clone(&self.0)))
+    }
+
+    async fn is_valid(&self, _conn: &mut AlwaysBomb) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+}
+
+const LAST_HANDLE_UNWINDS: &str =
+    "dropping_the_last_handle_in_a_panic_does_not_abort_on_a_connection_whose_drop_panics";
+
+#[test]
+fn dropping_the_last_handle_in_a_panic_does_not_abort_on_a_connection_whose_drop_panics() {
+    if !in_child_process(LAST_HANDLE_UNWINDS) {
+        return;
+    }
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let pool = ConnectionPool::builder(AlwaysBombManager(Arc::clone(&dropped)))
+        .max_size(2)
+        .no_runtime()
+        .build()
+        .unwrap();
+    let both = [
+        block_on(pool.get_connection()).unwrap(),
+        block_on(pool.get_connection()).unwrap(),
+    ];
+    drop(both);
+    assert_eq!(pool.status().idle, 2);
+    // The pool closes as the panic drops it, and each connection's panic is caught: the one
+    // under way is what the caller sees.
+    let owner = catch_unwind(AssertUnwindSafe(move || {
+        let _pool = pool;
+        panic!("the pool's owner panics on purpose");
+    }));
+    let panic = owner.unwrap_err();
+    assert_eq!(
+        panic.downcast_ref::<&str>(),
+        Some(&"the pool's owner panics on purpose")
+    );
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        2,
+        "every idle connection dropped"
+    );
 }
