@@ -58,6 +58,16 @@ impl StopSignal {
     }
 }
 
+/// Dropped with the pool's shared state, the signal wakes the loops, which find the pool gone
+/// and end. Closing fires it first on every other way the state goes; this catches a `build`
+/// that spawned the cleanup task and then panicked, where a loop would otherwise sleep out a
+/// whole tick (30 s by default) with its timer.
+impl Drop for StopSignal {
+    fn drop(&mut self) {
+        self.fire();
+    }
+}
+
 /// How a background loop's sleep ended.
 #[cfg(not(loom))]
 pub(crate) enum Slept {

@@ -212,7 +212,9 @@ const TASK_LOST: &str = "min_idle is no longer kept, and idle connections are cl
 
 /// The background loop. It holds only a weak reference between ticks, so dropping the pool
 /// ends it; closing the pool or replacing the loop wakes it to end at once, even in the middle
-/// of a `min_idle` top-up.
+/// of a `min_idle` top-up. During a top-up it holds the pool (the creation needs it across
+/// its await): an executor that stops polling the task then, without dropping it, keeps the
+/// pool alive (see `Runtime::spawn`).
 #[cfg(not(loom))]
 async fn run<M: ConnectionManager>(
     pool: crate::sync::Weak<Shared<M>>,

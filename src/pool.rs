@@ -102,7 +102,9 @@ use std::{
 ///
 /// Cloning is cheap and every clone refers to the same pool; it is `Send + Sync`. Dropping the
 /// last handle closes the pool (see [`close`](Self::close)); connections still checked out are
-/// destroyed when their guards drop.
+/// destroyed when their guards drop. A handle kept inside the pool, by its manager, observer
+/// or runtime, is a reference cycle: that pool stays open until [`close`](Self::close) is
+/// called, and its memory is never freed.
 ///
 /// # Examples
 ///

@@ -51,8 +51,15 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub trait Runtime: Send + Sync + 'static {
     /// Runs `task` to completion in the background. The pool spawns only its cleanup loop and,
     /// when leak detection is on, its leak watcher; both hold only a weak reference to the pool
-    /// and end when it is dropped. If the task is dropped or never runs, that background work
-    /// stops; getting and returning connections (and their timeouts) keep working. It is called
+    /// while they wait, and end when it is dropped. If the task is dropped or never runs, that
+    /// background work stops; getting and returning connections (and their timeouts) keep
+    /// working.
+    ///
+    /// While a `min_idle` top-up opens a connection, the cleanup loop holds the pool itself. So
+    /// a runtime that owns its executor must keep driving it, or drop its tasks, until the pool
+    /// is gone: a task left neither polled nor dropped in the middle of a top-up keeps the pool
+    /// alive, and through it this runtime and its executor, for good (tokio drops its tasks
+    /// when the runtime shuts down; smol's global executor keeps running). It is called
     /// from [`Builder::build`](crate::Builder::build) and
     /// [`restart_cleanup_task`](crate::ConnectionPool::restart_cleanup_task), and a panic in it
     /// reaches their caller.

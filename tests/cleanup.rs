@@ -270,6 +270,62 @@ async fn restarting_replaces_the_task_and_dropping_the_pool_ends_every_backgroun
     .await;
 }
 
+/// A [`ManualRuntime`] whose second `spawn` panics, once the first task has gone to sleep.
+struct SecondSpawnPanics {
+    inner: ManualRuntime,
+    spawns: AtomicUsize,
+}
+
+impl Runtime for SecondSpawnPanics {
+    fn spawn(&self, task: BoxFuture<()>) {
+        if self.spawns.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.inner.spawn(task);
+            return;
+        }
+        // Another worker runs the first task meanwhile.
+        let start = Instant::now();
+        while self.inner.clock.sleepers() == 0 {
+            assert!(start.elapsed() < 10 * SECOND, "the first task never slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("the second spawn panics on purpose");
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<()> {
+        self.inner.sleep(duration)
+    }
+
+    fn now(&self) -> Instant {
+        self.inner.now()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_panics_after_spawning_the_cleanup_task_leaves_no_task_behind() {
+    let (manager, clock) = (TestManager::new(), ManualClock::new());
+    let inner = ManualRuntime::new(&clock);
+    let spawned = inner.spawned.clone();
+    let runtime = SecondSpawnPanics {
+        inner,
+        spawns: AtomicUsize::new(0),
+    };
+    // The cleanup task is spawned, then spawning the leak watcher panics out of `build`.
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        builder(&manager, &clock)
+            .cleanup_interval(3600 * SECOND)
+            .leak_detection_threshold(7200 * SECOND)
+            .runtime(runtime)
+            .build()
+    }));
+    assert!(built.is_err());
+    assert_eq!(spawned.lock().unwrap().len(), 1);
+    // The clock never moves: the task must not wait for its hour-long tick to notice.
+    eventually("the cleanup task ended with the pool", || {
+        running(&spawned) == 0
+    })
+    .await;
+}
+
 /// A pool whose `min_idle` top-up is stuck in a `create_connection` that never returns, with
 /// no `connection_timeout` and the one connect permit taken.
 async fn stuck_top_up(
