@@ -672,12 +672,16 @@ impl<W: Workload> Run<W> {
         assert!(
             full.is_some_and(|d| d <= FULL_THROUGHPUT_LIMIT),
             "{}: after {what}, full throughput ({:.0} ops/s, {:.0}% of the baseline) came after \
-             {}, not within {FULL_THROUGHPUT_LIMIT:?}; ops/s per {WINDOW:?} from 1 s before: {}",
+             {}, not within {FULL_THROUGHPUT_LIMIT:?}; per {WINDOW:?} from 1 s before, ops/s: \
+             {}; the server's peak count of clients ({} not the pool's): {}; the pool now: {}",
             self.name,
             self.full_rate(),
             FULL_THROUGHPUT * 100.0,
             ms_or(full, "more than 5 s"),
-            self.timeline(recovery.clear.saturating_sub(Duration::from_secs(1)))
+            self.timeline(recovery.clear.saturating_sub(Duration::from_secs(1))),
+            self.server_offset,
+            self.server_timeline(recovery.clear.saturating_sub(Duration::from_secs(1))),
+            self.pool_now()
         );
         if let Some(target) = self.size_target {
             let size = recovery.full_size;
@@ -689,6 +693,41 @@ impl<W: Workload> Run<W> {
                 ms_or(size, "more than 5 s")
             );
         }
+    }
+
+    /// The server's peak count in each [`WINDOW`] from `from` to now (`-` for a window with no
+    /// sample, the server down), for failure messages: it tells a pool that was slow to
+    /// reconnect from one that had its connections and was starved of CPU.
+    fn server_timeline(&self, from: Duration) -> String {
+        let now = self.recorder().now();
+        let mut peaks = Vec::new();
+        let mut start = from;
+        while start + WINDOW <= now {
+            peaks.push(match self.server.peak_between(start, start + WINDOW) {
+                (_, 0) => "-".to_string(),
+                (peak, _) => peak.to_string(),
+            });
+            start += WINDOW;
+        }
+        peaks.join(" ")
+    }
+
+    /// The pool's own counts, and the live connections the manager counts, for failure
+    /// messages.
+    fn pool_now(&self) -> String {
+        let status = self.load.pool.status();
+        format!(
+            "size {} of {}, idle {}, connecting {}, waiters {}, live {}, created {}, \
+             failed creations {}",
+            status.size,
+            status.max_size,
+            status.idle,
+            status.connecting,
+            status.waiters,
+            self.counts.live(),
+            status.counters.created,
+            status.counters.create_failures
+        )
     }
 
     /// The rate of each [`WINDOW`] from `from` to now, for failure messages.
