@@ -499,7 +499,7 @@ impl<M: ConnectionManager> Shared<M> {
         loop {
             // Pairs with the fence a new waiter issues between publishing its place and looking
             // at the idle queue, and with the one in `close` (see "Lost wake-ups" and
-            // "Closing" above). It is 5-9 ns of an uncontended get+drop
+            // "Closing" above). It is 4-9 ns of an uncontended get+drop
             // (benches/peers/results/ab-return-fence.txt); the push's own compare-and-swap
             // would order it in crossbeam-queue 0.3, but crossbeam does not promise that.
             fence(Ordering::SeqCst);
