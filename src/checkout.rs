@@ -117,7 +117,10 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     /// # Errors
     ///
     /// As `get_connection`, plus [`PoolError::NoRuntime`] when the pool has no runtime to time
-    /// the call with. A [`PoolError::Timeout`] here means `timeout` passed.
+    /// the call with. A [`PoolError::Timeout`] here means `timeout` passed, or that a step's
+    /// own limit ran out first (`connection_timeout` for a `create_connection`,
+    /// `validation_timeout` for an `is_valid`): its `phase` says which step, and its message
+    /// which limit.
     ///
     /// # Cancellation
     ///

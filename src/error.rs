@@ -102,8 +102,9 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
             PoolError::Rejected(e) => write!(
                 f,
                 "a new connection was refused with a permanent error: {e}; fix the cause \
-                 (credentials, database name, TLS settings). Until a retry succeeds, calls \
-                 that need a new connection fail at once; one retries every {:?} at most",
+                 (credentials, database name, TLS settings). Calls that need a new connection \
+                 fail at once until the retry delay (at most {:?}) has passed; then the next \
+                 call retries and the others wait for its result",
                 crate::CREATE_BACKOFF_MAX.mul_f64(1.25)
             ),
             PoolError::Closed => f.write_str("the pool is closed; build a new pool to continue"),

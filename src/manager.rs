@@ -55,7 +55,8 @@ pub trait ConnectionManager: Send + Sync + 'static {
     /// `Box<dyn Error + Send + Sync>` do not: wrap those in a newtype that does, or use
     /// `std::io::Error::other(e)`.
     ///
-    /// Its `Display` text is logged at `warn` on every failed creation (and at `debug` when
+    /// Its `Display` text is logged on every failed creation, at `warn` at most once a second
+    /// per pool and at `debug` otherwise (and at `debug` when
     /// `is_valid` fails) and copied into [`PoolError::Timeout`](crate::PoolError::Timeout)'s
     /// `last_error`, which any caller that times out may receive; the error itself travels in
     /// [`PoolError::Backend`](crate::PoolError::Backend) and
@@ -102,7 +103,9 @@ pub trait ConnectionManager: Send + Sync + 'static {
     ///
     /// After a permanent error the pool fails calls that need a new connection at once with
     /// [`PoolError::Rejected`](crate::PoolError::Rejected), instead of letting them wait for a
-    /// timeout, until a retry after the backoff delay succeeds.
+    /// timeout, until the backoff delay has passed; then the next such call retries (nothing
+    /// retries on its own, except a `min_idle` top-up) and the others wait for its result,
+    /// rejected again only if it fails.
     fn is_permanent_error(&self, error: &Self::Error) -> bool {
         let _ = error;
         false

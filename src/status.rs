@@ -85,7 +85,9 @@ pub struct Status {
 pub struct Counters {
     /// Connections created.
     pub created: u64,
-    /// `create_connection` calls that failed or timed out.
+    /// `create_connection` calls that failed or timed out (by `connection_timeout`). Not
+    /// counted: one that panicked (the panic goes to the caller, and no backoff follows), and
+    /// one dropped unfinished because its caller's own time ran out.
     pub create_failures: u64,
     /// Connections taken out of the pool with
     /// [`PooledConnection::detach`](crate::PooledConnection::detach).

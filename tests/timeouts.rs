@@ -89,6 +89,32 @@ async fn a_per_call_timeout_overrides_wait_timeout() {
     assert_eq!(phase(waiter.await.unwrap()), TimeoutPhase::Waiting);
 }
 
+/// `get_connection_timeout`'s docs: a longer per-call limit does not lift a step's own
+/// limit, and the error says which step and which limit ran out.
+#[tokio::test]
+async fn a_per_call_timeout_longer_than_connection_timeout_still_ends_a_hung_create() {
+    let (pool, manager, clock) = pool(1);
+    manager.counts.set_create(Gate::Hang);
+    let getter = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            pool.get_connection_timeout(Duration::from_secs(60))
+                .await
+                .map(|c| c.id)
+        }
+    });
+    eventually("create was called", || manager.counts.create_calls() == 1).await;
+    clock.advance(Duration::from_secs(11));
+    let result = getter.await.unwrap();
+    let message = result.as_ref().map(|_| ()).unwrap_err().to_string();
+    let (phase, last_error) = timeout(result);
+    assert_eq!(phase, TimeoutPhase::Creating);
+    assert!(
+        last_error.is_some_and(|e| e.contains("connection_timeout")),
+        "the last error names the limit that ran out: {message}"
+    );
+}
+
 #[tokio::test]
 async fn a_hanging_create_times_out_and_frees_its_slot() {
     let (pool, manager, clock) = pool(1);
