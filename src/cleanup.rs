@@ -434,6 +434,12 @@ impl<M: ConnectionManager> ConnectionPool<M> {
     ///
     /// If the runtime's `spawn` panics. The old task has been told to stop by then, so the
     /// pool is left with none; call this again once the runtime can spawn.
+    ///
+    /// A runtime may also take the task and drop it unstarted: tokio does that once its
+    /// runtime has shut down (with [`TokioRuntime::current`](crate::TokioRuntime::current),
+    /// the runtime that built the pool; with `follow_caller`, the one this is called on, or the
+    /// building one from outside tokio). This then returns `Ok(())` and the pool warns that
+    /// its cleanup task was dropped; call it again from a live runtime.
     pub fn restart_cleanup_task(&self, interval: Duration) -> Result<(), PoolError<M::Error>> {
         crate::config::check_cleanup_interval(interval, "call stop_cleanup_task to stop the task")?;
         self.runtime_or_err("restart_cleanup_task")?;

@@ -11,7 +11,12 @@ use std::{fmt, time::Duration, time::Instant};
 /// comes from, as long as something drives that runtime: a multi-thread runtime drives
 /// itself, but a current-thread runtime runs its timers and tasks only inside its `block_on`.
 /// A call made from another thread while no `block_on` runs there waits without its timeouts
-/// (and the cleanup task does not run) until one does.
+/// (and the cleanup task does not run) until one does. The same holds inside the runtime: a
+/// synchronous `block_on` (futures' or async-std's) nested in a task of a current-thread
+/// runtime, or of a multi-thread runtime with one worker, blocks the thread that would drive
+/// the timers, so the call it waits for has no timeout; block only where another thread
+/// drives the runtime, or give such a pool [`SmolRuntime`](crate::SmolRuntime), whose timers
+/// run on a thread of their own.
 ///
 /// Made with [`follow_caller`](Self::follow_caller), it arms a call's timers on the tokio
 /// runtime the call is made on, as deadpool and bb8 do: for a pool kept in a `static` and
@@ -93,7 +98,13 @@ impl TokioRuntime {
     /// A call's own runtime must drive its timers while the call waits: a call made on a
     /// runtime without its time driver panics, and one made from a synchronous `block_on`
     /// nested in a tokio task, or from a thread that entered a runtime nothing drives, waits
-    /// without its timeouts. [`current`](Self::current) has neither problem.
+    /// without its timeouts. [`current`](Self::current) avoids both while the runtime it keeps
+    /// is driven by another thread (see the type's docs for a current-thread runtime).
+    ///
+    /// A call made outside any tokio runtime (a plain thread, `smol`, async-std) arms its
+    /// timers on the runtime that was current here: once that runtime has shut down, such a
+    /// call panics when it arms one, as with `current`. Only calls made on a tokio runtime
+    /// follow the caller.
     ///
     /// # Panics
     ///
