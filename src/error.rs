@@ -122,7 +122,8 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
                     f,
                     "`{setting}`{} needs a runtime (for its timers or background task): pass \
                      one with Builder::runtime (TokioRuntime::current() with feature `tokio`, \
-                     SmolRuntime::new() with feature `smol`)",
+                     called inside the tokio runtime; SmolRuntime::new() with feature `smol`, \
+                     also for async-std)",
                     if by_default {
                         " (set, or on by default)"
                     } else {

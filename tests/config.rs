@@ -160,6 +160,9 @@ fn timers_without_a_runtime_are_refused() {
                 }
             ));
             assert!(e.to_string().contains("Builder::no_runtime()"), "{e}");
+            // An async-std user is told which runtime to pass.
+            assert!(e.to_string().contains("SmolRuntime::new()"), "{e}");
+            assert!(e.to_string().contains("async-std"), "{e}");
         }
         other => panic!("expected NoRuntime, got {other:?}"),
     }
