@@ -31,6 +31,15 @@ fn spawn_get(
     tokio::spawn(async move { pool.get_connection().await.map(|c| c.id) })
 }
 
+/// A `get_connection_timeout(timeout)` on its own task, returning the connection's id.
+fn spawn_get_timeout(
+    pool: &ConnectionPool<TestManager>,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<usize, PoolError<common::TestError>>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.get_connection_timeout(timeout).await.map(|c| c.id) })
+}
+
 fn phase<T: std::fmt::Debug>(result: Result<T, PoolError<common::TestError>>) -> TimeoutPhase {
     timeout(result).0
 }
@@ -76,14 +85,7 @@ async fn waiting_times_out_at_wait_timeout() {
 async fn a_per_call_timeout_overrides_wait_timeout() {
     let (pool, _manager, clock) = pool(1);
     let _held = pool.get_connection().await.unwrap();
-    let waiter = tokio::spawn({
-        let pool = pool.clone();
-        async move {
-            pool.get_connection_timeout(Duration::from_secs(2))
-                .await
-                .map(|c| c.id)
-        }
-    });
+    let waiter = spawn_get_timeout(&pool, Duration::from_secs(2));
     eventually("the waiter is parked", || pool.status().waiters == 1).await;
     clock.advance(Duration::from_secs(3));
     assert_eq!(phase(waiter.await.unwrap()), TimeoutPhase::Waiting);
@@ -95,14 +97,7 @@ async fn a_per_call_timeout_overrides_wait_timeout() {
 async fn a_per_call_timeout_longer_than_connection_timeout_still_ends_a_hung_create() {
     let (pool, manager, clock) = pool(1);
     manager.counts.set_create(Gate::Hang);
-    let getter = tokio::spawn({
-        let pool = pool.clone();
-        async move {
-            pool.get_connection_timeout(Duration::from_secs(60))
-                .await
-                .map(|c| c.id)
-        }
-    });
+    let getter = spawn_get_timeout(&pool, Duration::from_secs(60));
     eventually("create was called", || manager.counts.create_calls() == 1).await;
     clock.advance(Duration::from_secs(11));
     let result = getter.await.unwrap();
