@@ -123,6 +123,8 @@ impl<M: ConnectionManager> Builder<M> {
     }
 
     /// Bound on a whole `get_connection` call: waiting, creating and validating (default 30 s).
+    /// A call whose time runs out while it creates drops that connect attempt: keep the bound
+    /// well above the backend's connect time, or no connection is ever made.
     pub fn wait_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.wait_timeout = timeout.into();
         self
