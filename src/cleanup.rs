@@ -106,8 +106,6 @@ impl<M: ConnectionManager> Shared<M> {
     /// Each attempt is given up (not counted as a failure) after `give_up_after` unless
     /// `connection_timeout` ends it first, so that a hanging backend cannot hold a connect
     /// permit, or this task's passes, for long where no caller asked to wait for it.
-    // Only the background loop calls it, and that loop does not exist under loom.
-    #[cfg_attr(loom, allow(dead_code))]
     pub(crate) async fn top_up(&self, give_up_after: Duration) -> TopUp {
         let mut created = 0;
         let mut end = TopUp::Done;
@@ -203,6 +201,20 @@ pub(crate) fn start<M: ConnectionManager>(
     interval: Duration,
 ) {
     let _ = (shared, interval);
+}
+
+/// Loom builds only: the background loop does not exist under loom, so models run its
+/// `min_idle` top-up through this.
+#[cfg(loom)]
+impl<M: ConnectionManager> ConnectionPool<M> {
+    /// Loom builds only: runs one `min_idle` top-up as the cleanup task would, each creation
+    /// given up after `give_up_after` (unless `connection_timeout` ends it first); `true` if it
+    /// finished (`min_idle` reached, the pool full or closed, a creation failed or held back
+    /// by the governor), `false` if it stopped short for want of a connect permit.
+    #[doc(hidden)]
+    pub async fn loom_top_up(&self, give_up_after: Duration) -> bool {
+        self.shared.top_up(give_up_after).await == TopUp::Done
+    }
 }
 
 /// What the application loses when the cleanup task ends early.

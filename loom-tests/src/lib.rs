@@ -281,11 +281,12 @@ pub fn pool_connecting(
         .expect("a valid model configuration")
 }
 
-/// A [`Runtime`] for loom models: no executor (the pool must never spawn, so build with
-/// `cleanup_interval(None)` and no leak detection), and a clock that stands still until the
-/// model moves it with [`ModelClock::advance_to`]. Its `sleep` futures are ready once the clock
-/// reaches their deadline; that is the only way a timer fires, so a model decides exactly what
-/// time it is, and loom explores where in the other threads' work the clock moves.
+/// A [`Runtime`] for loom models: no executor (the pool must never spawn, so build without
+/// leak detection; under loom the cleanup task is never started, whatever the interval), and a
+/// clock that stands still until the model moves it with [`ModelClock::advance_to`]. Its
+/// `sleep` futures are ready once the clock reaches their deadline; that is the only way a
+/// timer fires, so a model decides exactly what time it is, and loom explores where in the
+/// other threads' work the clock moves.
 #[derive(Debug, Clone)]
 pub struct ModelRuntime {
     clock: ModelClock,
@@ -473,6 +474,31 @@ pub fn timed_pool(
         .connection_timeout(None)
         .validation_timeout(None)
         .wait_timeout(wait_timeout)
+        .build()
+        .expect("a valid model configuration")
+}
+
+/// A pool with `min_idle` on a [`ModelRuntime`]: `max_size`, `max_connecting`, `min_idle`, no
+/// validation, and no timeouts (see [`timed_pool`]). `min_idle` needs a cleanup interval, but
+/// under loom the pool never starts its cleanup task (so the runtime is never asked to spawn):
+/// models run the top-up with `ConnectionPool::loom_top_up` and the pass with `cleanup_pass`,
+/// on threads of their own.
+pub fn min_idle_pool(
+    max_size: usize,
+    max_connecting: usize,
+    min_idle: usize,
+    manager: ModelManager,
+) -> ConnectionPool<ModelManager> {
+    ConnectionPool::builder(manager)
+        .max_size(max_size)
+        .max_connecting(max_connecting)
+        .min_idle(min_idle)
+        .validation(ValidationPolicy::Never)
+        .runtime(ModelRuntime::new())
+        .cleanup_interval(Some(Duration::from_secs(30)))
+        .connection_timeout(None)
+        .validation_timeout(None)
+        .wait_timeout(None)
         .build()
         .expect("a valid model configuration")
 }

@@ -1,16 +1,20 @@
 //! Loom models of the pool's races. Each uses at most 3 threads and `max_size` 1 or 2 (3 in
 //! m16b), drives the pool's real code through its public API, and asserts on the manager's own
 //! count of live connections; m16a-c also assert the order waiters are served in. A `get` that
-//! can never complete shows up as a loom deadlock. Models 3d and 12 run the pool on a
-//! [`ModelRuntime`], whose clock only the model moves; the others have no runtime.
+//! can never complete shows up as a loom deadlock. Models 3d, 12, 17 and 18c/e run the pool on
+//! a [`ModelRuntime`], whose clock only the model moves; the others have no runtime. Models 6,
+//! 17 and 18 run the cleanup task's work on threads of their own (under loom the pool never
+//! starts the task): the pass through `cleanup_pass`, the `min_idle` top-up through the
+//! loom-only `ConnectionPool::loom_top_up`.
 //!
 //! Run: `cd loom-tests && RUSTFLAGS="--cfg loom" cargo test --release`
 #![cfg(loom)]
 
 use connection_pool::{ConnectionPool, PoolError, TimeoutPhase, ValidationPolicy};
 use connection_pool_loom_tests::{
-    Create, GetResult, ModelManager, ModelRuntime, check, get, get_owned, poll_once_then_drop,
-    pool, pool_connecting, pool_validating, pool_validating_connecting, timed_pool,
+    Create, GetResult, ModelManager, ModelRuntime, check, get, get_owned, min_idle_pool,
+    poll_once_then_drop, pool, pool_connecting, pool_validating, pool_validating_connecting,
+    timed_pool,
 };
 use loom::thread;
 use std::time::{Duration, Instant};
@@ -1262,4 +1266,344 @@ fn newcomer_served_after_a(
         })
     };
     (a_served, b)
+}
+
+/// A thread running one `min_idle` top-up to its end, as the cleanup task does after a pass
+/// (with a give-up time that never comes: the model's clock does not move); `true` if it
+/// finished, `false` if it stopped short for want of a connect permit.
+fn spawn_top_up(pool: &ConnectionPool<ModelManager>) -> thread::JoinHandle<bool> {
+    let pool = pool.clone();
+    thread::spawn(move || loom::future::block_on(pool.loom_top_up(Duration::from_secs(3600))))
+}
+
+/// After a model: never more than `max_size` connections, the pool's slots equal to the
+/// manager's live connections, and nothing left creating or waiting.
+fn assert_settled(pool: &ConnectionPool<ModelManager>, max_size: usize) {
+    let counts = &pool.manager().counts;
+    assert!(
+        counts.peak() <= max_size,
+        "never more than max_size live connections"
+    );
+    let status = pool.status();
+    assert_eq!(status.size, counts.live(), "pool and manager agree");
+    assert_eq!((status.connecting, status.waiters), (0, 0));
+}
+
+/// A getter that keeps what it gets: it claims it and hands it back to the joiner.
+fn spawn_keeping_getter(
+    pool: &ConnectionPool<ModelManager>,
+) -> thread::JoinHandle<connection_pool::PooledConnection<'static, ModelManager>> {
+    let pool = pool.clone();
+    thread::spawn(move || {
+        let conn = get_owned(&pool).expect("the getter is served");
+        conn.claim();
+        conn
+    })
+}
+
+/// 17a. The `min_idle` top-up races a getter that keeps its connection. `max_size` 1,
+///      `min_idle` 1, creations yield once. Whichever creates first, the other must not
+///      create too: the top-up's connection goes to the getter (handed over if it waits, or
+///      found idle), or the top-up finds the pool full of the getter's. The getter is served
+///      (a stranded one is a loom deadlock), and exactly one connection is ever created.
+#[test]
+fn m17a_the_min_idle_top_up_races_a_getter() {
+    check("m17a top-up, getter", || {
+        let pool = min_idle_pool(
+            1,
+            2,
+            1,
+            ModelManager::new(&[Create::PendOnce, Create::PendOnce]),
+        );
+        let counts = pool.manager().counts.clone();
+
+        let top_up = spawn_top_up(&pool);
+        let conn = get(&pool).expect("the getter is served");
+        conn.claim();
+        let _finished = top_up.join().unwrap();
+
+        assert_eq!(counts.created(), 1, "one connection on max_size 1");
+        assert_settled(&pool, 1);
+        conn.unclaim();
+        drop(conn);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 17b. The top-up races two getters that keep theirs. `max_size` 2, `max_connecting` 1,
+///      `min_idle` 1. The top-up's creation holds the only permit while a getter waits for it,
+///      or fills the last slot while a getter waits for a connection: its connection must go
+///      through the wait list (`Shared::give`), not straight into the idle queue, or that
+///      getter sleeps beside it (a loom deadlock). Both getters are served with connections
+///      of their own, never two creations at a time, and nothing is created beyond the two
+///      connections.
+///
+///      (The creations succeed at once: with creations that yield once, the model took
+///      481,000 iterations and 40 s under the unfenced queues, against 51,000 and 4 s.)
+#[test]
+fn m17b_the_min_idle_top_up_races_two_getters_held_back_by_max_connecting() {
+    check("m17b top-up, two getters, max_connecting 1", || {
+        let pool = min_idle_pool(2, 1, 1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+
+        let top_up = spawn_top_up(&pool);
+        let other = spawn_keeping_getter(&pool);
+        let mine = get(&pool).expect("the getter is served");
+        mine.claim();
+        let other = other.join().unwrap();
+        let _finished = top_up.join().unwrap();
+
+        assert_ne!(mine.id, other.id, "two getters, two connections");
+        assert_eq!(counts.created(), 2, "nothing beyond max_size is created");
+        assert_eq!(counts.peak_creating(), 1, "max_connecting 1");
+        assert_settled(&pool, 2);
+        mine.unclaim();
+        drop((mine, other));
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 17c. A top-up is polled once mid-create, then dropped (the cleanup task stopped or
+///      replaced), while a getter asks. `max_size` 1, creations yield once. The slot and
+///      permit the dropped creation held must reach the getter, parked behind it or not: it
+///      is served, and never two connections exist.
+#[test]
+fn m17c_a_top_up_dropped_mid_create_passes_its_slot_to_a_getter() {
+    check("m17c top-up dropped mid-create, getter", || {
+        let pool = min_idle_pool(
+            1,
+            2,
+            1,
+            ModelManager::new(&[Create::PendOnce, Create::PendOnce]),
+        );
+        let counts = pool.manager().counts.clone();
+
+        let getter = spawn_keeping_getter(&pool);
+        {
+            let mut top_up = Box::pin(pool.loom_top_up(Duration::from_secs(3600)));
+            let _ = poll_once_then_drop(top_up.as_mut());
+            thread::yield_now();
+            drop(top_up);
+        }
+        let conn = getter.join().unwrap();
+
+        assert!(counts.created() >= 1);
+        assert_settled(&pool, 1);
+        conn.unclaim();
+        drop(conn);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 17d. `close()` lands during a top-up while a getter asks. `max_size` 1, `max_connecting`
+///      2, `min_idle` 1, creations yield once. The getter ends with a connection or `Closed`;
+///      a connection the top-up finishes after the close is destroyed, not parked in the
+///      closed pool (the closed check in `Shared::recheck_waiters`), and once the getter has
+///      given its back no connection is left alive.
+#[test]
+fn m17d_close_during_a_top_up_with_a_getter() {
+    check("m17d close during a top-up, getter", || {
+        let pool = min_idle_pool(
+            1,
+            2,
+            1,
+            ModelManager::new(&[Create::PendOnce, Create::PendOnce]),
+        );
+        let counts = pool.manager().counts.clone();
+
+        let top_up = spawn_top_up(&pool);
+        let getter = {
+            let pool = pool.clone();
+            thread::spawn(move || match get(&pool) {
+                Ok(conn) => {
+                    conn.claim();
+                    conn.unclaim();
+                }
+                Err(PoolError::Closed) => {}
+                Err(other) => panic!("unexpected error: {other}"),
+            })
+        };
+        pool.close();
+        getter.join().unwrap();
+        let _finished = top_up.join().unwrap();
+
+        assert_eq!(counts.live(), 0, "a closed pool keeps no connection");
+        assert!(counts.peak() <= 1, "never two connections on max_size 1");
+        assert_settled(&pool, 1);
+        assert!(matches!(get(&pool), Err(PoolError::Closed)));
+    });
+}
+
+/// A cleanup pass (keeping or expiring the one idle connection, `max_size` 1), `close()` and
+/// a getter, all at once. The getter ends with the connection or `Closed`; a connection the
+/// pass pushes back after the close is destroyed, not parked in the closed pool, so that once
+/// everything has ended no connection is left alive.
+fn cleanup_pass_races_close_and_a_getter(name: &str, expire: bool) {
+    check(name, move || {
+        let pool = pool(1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        drop(get(&pool).unwrap());
+
+        let reaper = {
+            let pool = pool.clone();
+            // Past max_idle_time (5 min), short of max_lifetime (30 min), or now.
+            let at = Instant::now() + Duration::from_secs(if expire { 600 } else { 0 });
+            thread::spawn(move || pool.cleanup_pass(at))
+        };
+        let getter = {
+            let pool = pool.clone();
+            thread::spawn(move || match get(&pool) {
+                Ok(conn) => {
+                    conn.claim();
+                    conn.unclaim();
+                }
+                Err(PoolError::Closed) => {}
+                Err(other) => panic!("unexpected error: {other}"),
+            })
+        };
+        pool.close();
+        let report = reaper.join().unwrap();
+        getter.join().unwrap();
+
+        assert_eq!(report.lifetime_expired, 0);
+        if !expire {
+            assert_eq!(report.idle_expired, 0, "the pass keeps what it finds");
+        }
+        assert_eq!(counts.live(), 0, "a closed pool keeps no connection");
+        assert_settled(&pool, 1);
+    });
+}
+
+/// 18a. A cleanup pass that keeps the one idle connection races `close()` and a getter.
+#[test]
+fn m18a_a_cleanup_pass_keeping_a_connection_races_close_and_a_getter() {
+    cleanup_pass_races_close_and_a_getter("m18a cleanup keeps, close, getter", false);
+}
+
+/// 18b. A cleanup pass that expires the one idle connection races `close()` and a getter.
+#[test]
+fn m18b_a_cleanup_pass_expiring_a_connection_races_close_and_a_getter() {
+    cleanup_pass_races_close_and_a_getter("m18b cleanup expires, close, getter", true);
+}
+
+/// 18c. As 6b, with `min_idle` 1: a pass past `max_idle_time` races a get and a return on
+///      `max_size` 2. The pass destroys an idle connection only while another is idle, so at
+///      least one is left; the getter is served, and no connection is lost or doubled.
+#[test]
+fn m18c_cleanup_pass_expiring_with_min_idle_races_a_get_and_a_return() {
+    check("m18c cleanup expires, min_idle 1, get, return", || {
+        let pool = min_idle_pool(2, 2, 1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let idle = get(&pool).unwrap();
+        let held = get(&pool).unwrap();
+        drop(idle);
+
+        let reaper = {
+            let pool = pool.clone();
+            // Past max_idle_time (5 min), short of max_lifetime (30 min), on the pool's clock.
+            let at = pool.now() + Duration::from_secs(600);
+            thread::spawn(move || pool.cleanup_pass(at))
+        };
+        let getter = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let conn = get(&pool).expect("served");
+                conn.claim();
+                assert!(pool.manager().counts.live() <= 2);
+                conn.unclaim();
+            })
+        };
+        drop(held);
+        let report = reaper.join().unwrap();
+        getter.join().unwrap();
+
+        assert_eq!(report.lifetime_expired, 0);
+        assert!(counts.live() >= 1, "min_idle 1 keeps a connection");
+        assert_eq!(
+            counts.created() - counts.live(),
+            report.idle_expired,
+            "only the pass destroyed connections"
+        );
+        assert_settled(&pool, 2);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 18d. As 6a on `max_size` 2, with a return: a pass that keeps what it finds takes the idle
+///      connection out to inspect it while a getter, which can neither pop nor create (the
+///      other connection is held), looks, and the held connection comes back. The getter is
+///      served (by the push-back or the return), and nothing is destroyed or created.
+#[test]
+fn m18d_cleanup_pass_keeping_races_a_return_and_a_get() {
+    check("m18d cleanup keeps, return, get", || {
+        let pool = pool(2, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        let idle = get(&pool).unwrap();
+        let held = get(&pool).unwrap();
+        drop(idle);
+
+        let reaper = {
+            let pool = pool.clone();
+            thread::spawn(move || pool.cleanup_pass(Instant::now()))
+        };
+        let getter = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let conn = get(&pool).expect("served");
+                conn.claim();
+                conn.unclaim();
+            })
+        };
+        drop(held);
+        let report = reaper.join().unwrap();
+        getter.join().unwrap();
+
+        assert_eq!(report.idle_expired + report.lifetime_expired, 0);
+        assert_eq!(counts.created(), 2, "nothing was destroyed or recreated");
+        assert_settled(&pool, 2);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 18e. A pass past `max_lifetime` (1 h on the pool's clock; 30 min by default) races the
+///      top-up. `max_size` 2, `min_idle` 1, one idle connection. The lifetime sweep takes it
+///      out, so the top-up may create a replacement beside it (never more than `max_size`),
+///      which the pass may expire too: everything made on the standing clock is past its
+///      lifetime at 1 h, and is expired as such, never for idleness. The top-up finishes,
+///      and the slots end equal to the live connections.
+#[test]
+fn m18e_cleanup_pass_expiring_lifetimes_races_the_top_up() {
+    check("m18e cleanup expires lifetimes, top-up", || {
+        let pool = min_idle_pool(2, 2, 1, ModelManager::new(&[]));
+        let counts = pool.manager().counts.clone();
+        drop(get(&pool).unwrap());
+
+        // The pass on the main thread, after the top-up's thread is spawned: loom's DPOR keeps
+        // only each atomic's last access, so with the top-up (which only reads the queue's
+        // length) first and the pass on a thread, the pass's own read of the length hid the
+        // race from it and loom explored one interleaving.
+        let top_up = spawn_top_up(&pool);
+        let report = pool.cleanup_pass(pool.now() + Duration::from_secs(3600));
+        let finished = top_up.join().unwrap();
+
+        assert!(finished, "the top-up finishes");
+        assert_eq!(report.idle_expired, 0, "lifetimes expire as lifetimes");
+        assert!(
+            report.lifetime_expired >= 1,
+            "the first connection is expired"
+        );
+        assert_eq!(
+            counts.created() - counts.live(),
+            report.lifetime_expired,
+            "only the pass destroyed connections"
+        );
+        assert_settled(&pool, 2);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
 }
