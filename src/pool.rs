@@ -671,7 +671,11 @@ impl<M: ConnectionManager> Shared<M> {
         } else {
             "transient"
         };
-        // Schedule the backoff before the slot is free, so that nobody dials in between.
+        // Schedule the backoff before the slot is free, so that a caller that asks the
+        // governor once it is free waits. One that asked while this creation still ran may
+        // take the slot and dial once before the delay (loom model m17e shows it): only a call
+        // caught between that question and taking its slot, and each needs a connect permit,
+        // so never a storm.
         let failures = self.governor.failed(now, message.clone(), permanent);
         creating.abort();
         // As in `wake_creator`: the freed slot and permit before the look at the wait list.
