@@ -489,12 +489,29 @@ pub fn min_idle_pool(
     min_idle: usize,
     manager: ModelManager,
 ) -> ConnectionPool<ModelManager> {
+    min_idle_pool_on(
+        ModelRuntime::new(),
+        max_size,
+        max_connecting,
+        min_idle,
+        manager,
+    )
+}
+
+/// [`min_idle_pool`] on `runtime`, whose clock the model moves.
+pub fn min_idle_pool_on(
+    runtime: ModelRuntime,
+    max_size: usize,
+    max_connecting: usize,
+    min_idle: usize,
+    manager: ModelManager,
+) -> ConnectionPool<ModelManager> {
     ConnectionPool::builder(manager)
         .max_size(max_size)
         .max_connecting(max_connecting)
         .min_idle(min_idle)
         .validation(ValidationPolicy::Never)
-        .runtime(ModelRuntime::new())
+        .runtime(runtime)
         .cleanup_interval(Some(Duration::from_secs(30)))
         .connection_timeout(None)
         .validation_timeout(None)

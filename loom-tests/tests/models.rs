@@ -15,8 +15,8 @@ use connection_pool::{
 };
 use connection_pool_loom_tests::{
     Create, GetResult, ModelManager, ModelRuntime, check, get, get_owned, min_idle_pool,
-    poll_once_then_drop, pool, pool_connecting, pool_validating, pool_validating_connecting,
-    timed_pool,
+    min_idle_pool_on, poll_once_then_drop, pool, pool_connecting, pool_validating,
+    pool_validating_connecting, timed_pool,
 };
 use loom::thread;
 use std::time::{Duration, Instant};
@@ -1437,28 +1437,6 @@ fn m17d_close_during_a_top_up_with_a_getter() {
         assert_settled(&pool, 1);
         assert!(matches!(get(&pool), Err(PoolError::Closed)));
     });
-}
-
-/// A pool as [`min_idle_pool`] makes, on `runtime`, whose clock the model moves.
-fn min_idle_pool_on(
-    runtime: ModelRuntime,
-    max_size: usize,
-    max_connecting: usize,
-    min_idle: usize,
-    manager: ModelManager,
-) -> ConnectionPool<ModelManager> {
-    ConnectionPool::builder(manager)
-        .max_size(max_size)
-        .max_connecting(max_connecting)
-        .min_idle(min_idle)
-        .validation(ValidationPolicy::Never)
-        .runtime(runtime)
-        .cleanup_interval(Some(Duration::from_secs(30)))
-        .connection_timeout(None)
-        .validation_timeout(None)
-        .wait_timeout(None)
-        .build()
-        .expect("a valid model configuration")
 }
 
 /// 17e. The top-up races a getter for the first creation, which fails. `max_size` 1,
