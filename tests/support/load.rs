@@ -699,17 +699,12 @@ impl<W: Workload> Run<W> {
     /// sample, the server down), for failure messages: it tells a pool that was slow to
     /// reconnect from one that had its connections and was starved of CPU.
     fn server_timeline(&self, from: Duration) -> String {
-        let now = self.recorder().now();
-        let mut peaks = Vec::new();
-        let mut start = from;
-        while start + WINDOW <= now {
-            peaks.push(match self.server.peak_between(start, start + WINDOW) {
+        self.per_window(from, |start, end| {
+            match self.server.peak_between(start, end) {
                 (_, 0) => "-".to_string(),
                 (peak, _) => peak.to_string(),
-            });
-            start += WINDOW;
-        }
-        peaks.join(" ")
+            }
+        })
     }
 
     /// The pool's own counts, and the live connections the manager counts, for failure
@@ -733,13 +728,21 @@ impl<W: Workload> Run<W> {
     /// The rate of each [`WINDOW`] from `from` to now, for failure messages.
     fn timeline(&self, from: Duration) -> String {
         let recorder = self.recorder();
-        let mut rates = Vec::new();
+        self.per_window(from, |start, end| {
+            format!("{:.0}", recorder.rate(start, end))
+        })
+    }
+
+    /// `show` of each whole [`WINDOW`] from `from` to now, space-separated.
+    fn per_window(&self, from: Duration, show: impl Fn(Duration, Duration) -> String) -> String {
+        let now = self.recorder().now();
+        let mut shown = Vec::new();
         let mut start = from;
-        while start + WINDOW <= recorder.now() {
-            rates.push(format!("{:.0}", recorder.rate(start, start + WINDOW)));
+        while start + WINDOW <= now {
+            shown.push(show(start, start + WINDOW));
             start += WINDOW;
         }
-        rates.join(" ")
+        shown.join(" ")
     }
 
     /// Stops the load and the sampler, checks the invariants (no violation seen by the tasks,
