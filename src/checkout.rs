@@ -7,7 +7,7 @@ use crate::{
     error::{PoolError, TimeoutPhase},
     governor::Admission,
     manager::ConnectionManager,
-    pool::{ConnectionPool, Creating, Shared, Slot},
+    pool::{Begin, ConnectionPool, Creating, Shared, Slot},
     runtime::{run_bounded, wait_bounded},
     status::{DestroyReason, Stats},
     sync::Arc,
@@ -642,7 +642,8 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             let creating = match grant {
                 Some(creating) => Some(creating),
                 None => {
-                    let admission = if shared.governor.is_failing() {
+                    let failures = shared.governor.failures();
+                    let admission = if failures != 0 {
                         shared.governor.admission(shared.now())
                     } else {
                         Admission::Open
@@ -665,7 +666,12 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                             0
                         }
                     };
-                    Creating::begin(shared, max_connecting)
+                    match Creating::begin_admitted(shared, max_connecting, failures) {
+                        Begin::Taken(creating) => Some(creating),
+                        Begin::Busy => None,
+                        // Nothing in hand: the next round asks the governor again.
+                        Begin::AskAgain => continue,
+                    }
                 }
             };
             if let Some(creating) = creating {

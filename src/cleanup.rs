@@ -13,7 +13,7 @@ use crate::{
     error::PoolError,
     governor::Admission,
     manager::ConnectionManager,
-    pool::{ConnectionPool, Creating, Shared},
+    pool::{Begin, ConnectionPool, Creating, Shared},
     sync::Ordering,
 };
 #[cfg(not(loom))]
@@ -112,25 +112,30 @@ impl<M: ConnectionManager> Shared<M> {
         while !self.is_closed() && self.idle.len() < self.config.min_idle {
             // The top-up obeys the connect governor like any caller, but never waits for it:
             // while creations fail it tries only once the delay is over.
-            let max_connecting = match self.governor.is_failing() {
-                false => self.config.max_connecting,
-                true => match self.governor.admission(self.now()) {
-                    // A creation succeeded since the look at `is_failing`.
+            let failures = self.governor.failures();
+            let max_connecting = match failures {
+                0 => self.config.max_connecting,
+                _ => match self.governor.admission(self.now()) {
+                    // A creation succeeded since the count was read.
                     Admission::Open => self.config.max_connecting,
                     Admission::Probe => 1,
                     Admission::Backoff(_) | Admission::Rejected(_) => break,
                 },
             };
-            let Some(creating) = Creating::begin(self, max_connecting) else {
-                // Every connect permit taken (callers creating, or the top-up of a task this
-                // one replaced), or the last slots held by creations: they come free within a
-                // connect, and a cancelled one leaves room at once (a failed one starts the
-                // governor's delay, and the top-up then waits for the next tick). Only a pool
-                // full of connections waits for the next tick anyway.
-                if self.size() < self.config.max_size || self.capacity.connecting() > 0 {
-                    end = TopUp::PermitsBusy;
+            let creating = match Creating::begin_admitted(self, max_connecting, failures) {
+                Begin::Taken(creating) => creating,
+                Begin::AskAgain => continue,
+                Begin::Busy => {
+                    // Every connect permit taken (callers creating, or the top-up of a task
+                    // this one replaced), or the last slots held by creations: they come free
+                    // within a connect, and a cancelled one leaves room at once (a failed one
+                    // starts the governor's delay, and the top-up then waits for the next
+                    // tick). Only a pool full of connections waits for the next tick anyway.
+                    if self.size() < self.config.max_size || self.capacity.connecting() > 0 {
+                        end = TopUp::PermitsBusy;
+                    }
+                    break;
                 }
-                break;
             };
             let now = self.now();
             // A connection_timeout no longer than the give-up time ends a hung attempt first,

@@ -73,6 +73,12 @@ impl<E> Governor<E> {
         self.failures.load(Ordering::Relaxed) > 0
     }
 
+    /// Failures since the last success, read before asking for [`admission`](Self::admission)
+    /// and again once a slot is taken (see `Creating::begin_admitted`).
+    pub(crate) fn failures(&self) -> usize {
+        self.failures.load(Ordering::Acquire)
+    }
+
     /// What a caller may do while [`is_failing`](Self::is_failing).
     pub(crate) fn admission(&self, now: Instant) -> Admission<E> {
         if !self.is_failing() {
@@ -104,15 +110,12 @@ impl<E> Governor<E> {
         message: String,
         permanent: Option<StdArc<E>>,
     ) -> usize {
-        // Saturating: a wrap to zero would read as "not failing" and let a burst of creations
-        // through (reachable on a 32-bit target without a runtime, whose failures do not wait).
-        let failures = match self
-            .failures
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_add(1))
-            }) {
-            Ok(before) | Err(before) => before.saturating_add(1),
-        };
+        // The record and the delay go first, the count last: a caller that sees the new
+        // count (an acquiring load) then sees this failure's delay too, and one that sees the
+        // old count finds it changed when it looks again after taking a slot (see
+        // `Creating::begin_admitted`). Two failures at once may both compute the delay from
+        // the same count; each still counts.
+        let failures = self.failures.load(Ordering::Acquire).saturating_add(1);
         let is_permanent = permanent.is_some();
         if let Ok(mut last) = self.last.lock() {
             *last = Some(LastFailure {
@@ -131,7 +134,15 @@ impl<E> Governor<E> {
             u64::try_from(retry_at.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Release,
         );
-        failures
+        // Saturating: a wrap to zero would read as "not failing" and let a burst of creations
+        // through (reachable on a 32-bit target without a runtime, whose failures do not wait).
+        match self
+            .failures
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(1))
+            }) {
+            Ok(before) | Err(before) => before.saturating_add(1),
+        }
     }
 
     /// Records a creation dropped unfinished because the time of the call (or top-up) that

@@ -672,10 +672,9 @@ impl<M: ConnectionManager> Shared<M> {
             "transient"
         };
         // Schedule the backoff before the slot is free, so that a caller that asks the
-        // governor once it is free waits. One that asked while this creation still ran may
-        // take the slot and dial once before the delay (loom model m17e shows it): only a call
-        // caught between that question and taking its slot, and each needs a connect permit,
-        // so never a storm.
+        // governor once it is free waits, and one that asked while this creation still ran
+        // and then takes the slot finds the failure count changed and asks again
+        // (`Creating::begin_admitted`; loom model m17e).
         let failures = self.governor.failed(now, message.clone(), permanent);
         creating.abort();
         // As in `wake_creator`: the freed slot and permit before the look at the wait list.
@@ -974,6 +973,29 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
             })
     }
 
+    /// [`begin`](Self::begin) for a caller that asked the governor while it had seen
+    /// `failures_seen` failures in a row. Asking and taking are two steps: a creation that
+    /// failed in between may have freed the very slot and permit taken here, and its delay
+    /// binds this caller as much as one that asked after it. The failure is on record before
+    /// its slot is freed, and taking the slot reads the freeing, so the count read after the
+    /// take shows it; the slot and permit then go back (waking a waiter as any dropped
+    /// creation does) and the caller must ask again.
+    pub(crate) fn begin_admitted(
+        shared: &'a Shared<M>,
+        max_connecting: usize,
+        failures_seen: usize,
+    ) -> Begin<'a, M> {
+        let Some(creating) = Self::begin(shared, max_connecting) else {
+            return Begin::Busy;
+        };
+        let failures = shared.governor.failures();
+        if failures != 0 && failures != failures_seen {
+            drop(creating);
+            return Begin::AskAgain;
+        }
+        Begin::Taken(creating)
+    }
+
     /// Takes over a slot and permit that [`Shared::wake_creator`] reserved and granted to this
     /// caller's place in line. Dropping it unused passes them on to the next waiter.
     pub(crate) fn adopt(shared: &'a Shared<M>) -> Self {
@@ -1063,6 +1085,16 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
         self.armed = false;
         self.shared.capacity.abort_create();
     }
+}
+
+/// What [`Creating::begin_admitted`] got.
+pub(crate) enum Begin<'a, M: ConnectionManager> {
+    /// A slot and a permit, the caller's to create with.
+    Taken(Creating<'a, M>),
+    /// No slot, or no permit, was free.
+    Busy,
+    /// A creation failed after the caller asked the governor: ask again.
+    AskAgain,
 }
 
 impl<M: ConnectionManager> Drop for Creating<'_, M> {

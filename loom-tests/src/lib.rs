@@ -72,6 +72,9 @@ pub struct Counts {
     next_id: AtomicUsize,
     /// `is_valid` calls.
     checks: AtomicUsize,
+    /// The clock's reading at each `create_connection` call, in nanoseconds after its zero,
+    /// for a manager given a clock ([`ModelManager::with_clock`]).
+    create_times: Mutex<Vec<u64>>,
 }
 
 impl Counts {
@@ -93,6 +96,16 @@ impl Counts {
     /// `create_connection` calls, including failed and cancelled ones.
     pub fn create_calls(&self) -> usize {
         self.create_calls.load(SeqCst)
+    }
+
+    /// When each `create_connection` call began, by the clock given to
+    /// [`ModelManager::with_clock`], in call order; empty without one.
+    pub fn create_times(&self) -> Vec<Duration> {
+        let times = self.create_times.lock().unwrap();
+        times
+            .iter()
+            .map(|&nanos| Duration::from_nanos(nanos))
+            .collect()
     }
 
     /// The most `create_connection` calls that ever ran at once.
@@ -159,6 +172,8 @@ pub struct ModelManager {
     /// What the next `is_valid` calls answer (`true`: valid); past the end, valid.
     checks: Mutex<VecDeque<bool>>,
     gate: loom::sync::Arc<(loom::sync::Mutex<bool>, loom::sync::Condvar)>,
+    /// Read at each `create_connection` call, when set.
+    clock: Option<ModelClock>,
 }
 
 impl ModelManager {
@@ -169,7 +184,15 @@ impl ModelManager {
             script: Mutex::new(script.iter().copied().collect()),
             checks: Mutex::default(),
             gate: loom::sync::Arc::new((loom::sync::Mutex::new(false), loom::sync::Condvar::new())),
+            clock: None,
         }
+    }
+
+    /// The same manager, noting when each creation begins by `clock` (see
+    /// [`Counts::create_times`]).
+    pub fn with_clock(mut self, clock: ModelClock) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// The same manager, whose first `is_valid` calls answer as `checks` says (`false`: the
@@ -226,6 +249,9 @@ impl ConnectionManager for ModelManager {
 
     async fn create_connection(&self) -> Result<ModelConn, ModelError> {
         self.counts.create_calls.fetch_add(1, SeqCst);
+        if let Some(clock) = &self.clock {
+            self.counts.create_times.lock().unwrap().push(clock.nanos());
+        }
         let _running = Creating::start(&self.counts);
         let step = self
             .script

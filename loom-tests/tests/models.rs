@@ -1461,21 +1461,23 @@ fn m17d_close_during_a_top_up_with_a_getter() {
 ///      Must hold: the getter is served, at its first call or at the one after its own failure
 ///      (a stranded one is a loom deadlock); the top-up ends, although the main thread moves
 ///      the clock only once it has (it never waits for the governor); exactly two creations are
-///      made, one at a time, so never two connections; the slots end equal to the live
-///      connections, with nothing creating or waiting; nothing is left alive once the pool is
-///      dropped.
+///      made, one at a time, so never two connections; the second begins only once the clock
+///      has moved, past the failure's delay; the slots end equal to the live connections, with
+///      nothing creating or waiting; nothing is left alive once the pool is dropped.
 ///
-///      Not asserted: when the second creation starts. A caller (the top-up or the getter)
+///      The delay is the part the model was written for: a caller (the top-up or the getter)
 ///      that looked at the governor while the failing creation was in flight, and then takes
-///      the slot the failure frees, creates at once, before the delay is over: the look and
-///      the taking of the slot are two steps. (A draft of this model asserted otherwise and
-///      failed so.) 17f checks the delay with the failure on record before the race.
+///      the slot the failure frees, must look again (`Creating::begin_admitted`): looking and
+///      taking are two steps. Before that second look, such a caller dialled at zero, before
+///      the delay was over (loom found it at two preemptions). 17f checks the delay with the
+///      failure on record before the race.
 #[test]
 fn m17e_the_min_idle_top_up_races_a_getter_for_a_failing_creation() {
     check("m17e top-up, getter, first creation fails", || {
         let runtime = ModelRuntime::new();
         let clock = runtime.clock();
-        let pool = min_idle_pool_on(runtime, 1, 2, 1, ModelManager::new(&[Create::Fail]));
+        let manager = ModelManager::new(&[Create::Fail]).with_clock(clock.clone());
+        let pool = min_idle_pool_on(runtime, 1, 2, 1, manager);
         let counts = pool.manager().counts.clone();
 
         let top_up = spawn_top_up(&pool);
@@ -1506,6 +1508,12 @@ fn m17e_the_min_idle_top_up_races_a_getter_for_a_failing_creation() {
         );
         assert_eq!(counts.created(), 1);
         assert_eq!(counts.peak_creating(), 1, "one creation at a time");
+        let times = counts.create_times();
+        assert!(
+            times[1] >= CREATE_BACKOFF_MAX,
+            "the second creation began at {:?}, before the failure's delay was over",
+            times[1]
+        );
         assert_settled(&pool, 1);
         conn.unclaim();
         drop(conn);
