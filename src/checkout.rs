@@ -642,8 +642,8 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
             let creating = match grant {
                 Some(creating) => Some(creating),
                 None => {
-                    let failures = shared.governor.failures();
-                    let admission = if failures != 0 {
+                    let asked = shared.governor.mark();
+                    let admission = if asked.failures != 0 {
                         shared.governor.admission(shared.now())
                     } else {
                         Admission::Open
@@ -666,7 +666,7 @@ pub(crate) async fn checkout<'a, M: ConnectionManager>(
                             0
                         }
                     };
-                    match Creating::begin_admitted(shared, max_connecting, failures) {
+                    match Creating::begin_admitted(shared, max_connecting, asked) {
                         Begin::Taken(creating) => Some(creating),
                         Begin::Busy => None,
                         // Nothing in hand: the next round asks the governor again.

@@ -112,8 +112,8 @@ impl<M: ConnectionManager> Shared<M> {
         while !self.is_closed() && self.idle.len() < self.config.min_idle {
             // The top-up obeys the connect governor like any caller, but never waits for it:
             // while creations fail it tries only once the delay is over.
-            let failures = self.governor.failures();
-            let max_connecting = match failures {
+            let asked = self.governor.mark();
+            let max_connecting = match asked.failures {
                 0 => self.config.max_connecting,
                 _ => match self.governor.admission(self.now()) {
                     // A creation succeeded since the count was read.
@@ -122,7 +122,7 @@ impl<M: ConnectionManager> Shared<M> {
                     Admission::Backoff(_) | Admission::Rejected(_) => break,
                 },
             };
-            let creating = match Creating::begin_admitted(self, max_connecting, failures) {
+            let creating = match Creating::begin_admitted(self, max_connecting, asked) {
                 Begin::Taken(creating) => creating,
                 Begin::AskAgain => continue,
                 Begin::Busy => {

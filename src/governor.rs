@@ -1,10 +1,12 @@
 //! The connect governor's memory of failures: backoff, fail-fast on permanent errors, and the
 //! last creation error that timeouts report.
 //!
-//! While creates succeed it costs one relaxed load per creation attempt. After a failure the
-//! pool allows one creation at a time (a prober), no earlier than a jittered, exponentially
-//! growing delay after the previous failure, so a backend that went away sees a trickle of
-//! connect attempts however many tasks wait on the pool. If the manager classified the error
+//! While creates succeed it costs a creation attempt two loads before it takes its slot and
+//! two after, and a return one load while someone waits; never a write, and nothing at all
+//! for a checkout of an idle connection. After a failure the pool allows one creation at a
+//! time (a prober), no earlier than a jittered, exponentially growing delay after the
+//! previous failure, so a backend that went away sees a trickle of connect attempts however
+//! many tasks wait on the pool. If the manager classified the error
 //! as permanent (bad credentials, unknown database), callers that would have to create a
 //! connection fail at once with it until the delay has passed and a probe has been tried again.
 //! The first success clears everything.
@@ -30,6 +32,15 @@ pub(crate) enum Admission<E> {
     Rejected(StdArc<E>),
 }
 
+/// The governor's failure counts at one moment, from [`Governor::mark`].
+#[derive(Clone, Copy)]
+pub(crate) struct FailureMark {
+    /// Failures since the last success; 0 while creates succeed.
+    pub(crate) failures: usize,
+    /// Failures ever recorded.
+    recorded: usize,
+}
+
 /// The last creation failure.
 struct LastFailure<E> {
     at: Instant,
@@ -42,6 +53,9 @@ struct LastFailure<E> {
 pub(crate) struct Governor<E> {
     /// Failures since the last success; 0 while creates succeed.
     failures: AtomicUsize,
+    /// Failures ever recorded, never reset. A caller compares it before asking and after
+    /// taking a slot: `failures` alone could read the same across a success and a new failure.
+    recorded: AtomicUsize,
     /// Nanoseconds after `epoch` before which no new creation starts while failing.
     retry_at: AtomicU64,
     epoch: Instant,
@@ -60,6 +74,7 @@ impl<E> Governor<E> {
     pub(crate) fn new(epoch: Instant, backoff: bool) -> Self {
         Self {
             failures: AtomicUsize::new(0),
+            recorded: AtomicUsize::new(0),
             retry_at: AtomicU64::new(0),
             epoch,
             backoff,
@@ -68,15 +83,29 @@ impl<E> Governor<E> {
         }
     }
 
-    /// Whether the last creation failed. One relaxed load: the fast path's only cost.
+    /// Whether the last creation failed. One relaxed load, the only one a return makes (and
+    /// only while someone waits).
     pub(crate) fn is_failing(&self) -> bool {
         self.failures.load(Ordering::Relaxed) > 0
     }
 
-    /// Failures since the last success, read before asking for [`admission`](Self::admission)
-    /// and again once a slot is taken (see `Creating::begin_admitted`).
-    pub(crate) fn failures(&self) -> usize {
-        self.failures.load(Ordering::Acquire)
+    /// Where the failures stand, read before asking for [`admission`](Self::admission); see
+    /// [`failed_since`](Self::failed_since).
+    pub(crate) fn mark(&self) -> FailureMark {
+        // `recorded` first: `failed` bumps it last, so a mark that holds a failure's number
+        // also holds its count, and its delay for `admission` to read.
+        let recorded = self.recorded.load(Ordering::Acquire);
+        FailureMark {
+            failures: self.failures.load(Ordering::Acquire),
+            recorded,
+        }
+    }
+
+    /// Whether creations are failing and a failure was recorded after `mark` was read: a
+    /// caller that asked with `mark` must ask again (see `Creating::begin_admitted`).
+    pub(crate) fn failed_since(&self, mark: FailureMark) -> bool {
+        let now = self.mark();
+        now.failures != 0 && now.recorded != mark.recorded
     }
 
     /// What a caller may do while [`is_failing`](Self::is_failing).
@@ -110,9 +139,9 @@ impl<E> Governor<E> {
         message: String,
         permanent: Option<StdArc<E>>,
     ) -> usize {
-        // The record and the delay go first, the count last: a caller that sees the new
-        // count (an acquiring load) then sees this failure's delay too, and one that sees the
-        // old count finds it changed when it looks again after taking a slot (see
+        // The record and the delay go first, the counts last: a caller that sees the new
+        // counts (acquiring loads) then sees this failure's delay too, and one that sees the
+        // old ones finds them changed when it looks again after taking a slot (see
         // `Creating::begin_admitted`). Two failures at once may both compute the delay from
         // the same count; each still counts.
         let failures = self.failures.load(Ordering::Acquire).saturating_add(1);
@@ -136,13 +165,16 @@ impl<E> Governor<E> {
         );
         // Saturating: a wrap to zero would read as "not failing" and let a burst of creations
         // through (reachable on a 32-bit target without a runtime, whose failures do not wait).
-        match self
+        let in_a_row = match self
             .failures
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 Some(n.saturating_add(1))
             }) {
             Ok(before) | Err(before) => before.saturating_add(1),
-        }
+        };
+        // Wrapping is harmless: a caller compares two reads a creation apart.
+        self.recorded.fetch_add(1, Ordering::AcqRel);
+        in_a_row
     }
 
     /// Records a creation dropped unfinished because the time of the call (or top-up) that
@@ -227,6 +259,29 @@ mod tests {
         assert_eq!(governor.failed(epoch, "refused".into(), None), usize::MAX);
         assert_eq!(governor.failed(epoch, "refused".into(), None), usize::MAX);
         assert!(governor.is_failing());
+    }
+
+    #[test]
+    fn a_mark_tells_a_new_failure_from_an_old_one_across_a_success() {
+        let epoch = Instant::now();
+        let governor = Governor::<std::io::Error>::new(epoch, true);
+        let open = governor.mark();
+        assert_eq!(open.failures, 0);
+        assert!(!governor.failed_since(open), "nothing failed");
+        governor.failed(epoch, "refused".into(), None);
+        assert!(governor.failed_since(open));
+        let asked = governor.mark();
+        assert_eq!(asked.failures, 1);
+        assert!(
+            !governor.failed_since(asked),
+            "the failure it asked about is not new"
+        );
+        // A success and a new failure leave the count in a row where it was.
+        assert_eq!(governor.succeeded(), 1);
+        assert!(!governor.failed_since(asked), "a success is no failure");
+        governor.failed(epoch, "refused again".into(), None);
+        assert_eq!(governor.mark().failures, asked.failures);
+        assert!(governor.failed_since(asked));
     }
 
     #[test]

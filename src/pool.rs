@@ -81,7 +81,7 @@ use crate::{
     config::{Config, ValidationPolicy},
     connection::{Conn, InUse, OwnsSlot, PooledConnection},
     error::PoolError,
-    governor::Governor,
+    governor::{FailureMark, Governor},
     leak::{Checkout, LeakWatch},
     manager::ConnectionManager,
     observer::{CreateFailure, PoolObserver},
@@ -673,7 +673,7 @@ impl<M: ConnectionManager> Shared<M> {
         };
         // Schedule the backoff before the slot is free, so that a caller that asks the
         // governor once it is free waits, and one that asked while this creation still ran
-        // and then takes the slot finds the failure count changed and asks again
+        // and then takes the slot finds the governor's mark changed and asks again
         // (`Creating::begin_admitted`; loom model m17e).
         let failures = self.governor.failed(now, message.clone(), permanent);
         creating.abort();
@@ -728,11 +728,11 @@ impl<M: ConnectionManager> Shared<M> {
         );
     }
 
-    /// Records a successful creation; the first one after failures wakes every waiter that
-    /// the governor held back.
-    pub(crate) fn create_succeeded(&self, started: Instant, now: Instant) {
+    /// Records a successful creation, which ended `failures` failures in a row (the governor's
+    /// [`succeeded`](Governor::succeeded), called before the permit went back); the first
+    /// one after failures wakes every waiter that the governor held back.
+    pub(crate) fn create_succeeded(&self, started: Instant, now: Instant, failures: usize) {
         Stats::bump(&self.stats.created);
-        let failures = self.governor.succeeded();
         if failures > 0 {
             log::info!(
                 "{}: creating connections works again, after {failures} failed attempt{}; {}",
@@ -973,24 +973,30 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
             })
     }
 
-    /// [`begin`](Self::begin) for a caller that asked the governor while it had seen
-    /// `failures_seen` failures in a row. Asking and taking are two steps: a creation that
-    /// failed in between may have freed the very slot and permit taken here, and its delay
-    /// binds this caller as much as one that asked after it. The failure is on record before
-    /// its slot is freed, and taking the slot reads the freeing, so the count read after the
-    /// take shows it; the slot and permit then go back (waking a waiter as any dropped
-    /// creation does) and the caller must ask again.
+    /// [`begin`](Self::begin) for a caller that asked the governor with `asked`, the
+    /// governor's [`mark`](Governor::mark) read just before. Asking and taking are two steps:
+    /// a creation that failed in between may have freed the very slot and permit taken here,
+    /// and its delay binds this caller as much as one that asked after it. The failure is on
+    /// record before its slot is freed, and taking the slot reads the freeing, so the mark
+    /// read after the take shows it; the slot and permit then go back (waking a waiter as any
+    /// dropped creation does) and the caller must ask again. The mark counts every failure
+    /// ever recorded, so a success and a new failure in between are caught too (loom model
+    /// m17g).
     pub(crate) fn begin_admitted(
         shared: &'a Shared<M>,
         max_connecting: usize,
-        failures_seen: usize,
+        asked: FailureMark,
     ) -> Begin<'a, M> {
         let Some(creating) = Self::begin(shared, max_connecting) else {
             return Begin::Busy;
         };
-        let failures = shared.governor.failures();
-        if failures != 0 && failures != failures_seen {
+        if shared.governor.failed_since(asked) {
             drop(creating);
+            log::trace!(
+                "{}: a creation failed while this caller took a slot to create; it asks the \
+                 connect governor again",
+                shared.config.name
+            );
             return Begin::AskAgain;
         }
         Begin::Taken(creating)
@@ -1051,12 +1057,16 @@ impl<'a, M: ConnectionManager> Creating<'a, M> {
         let now = shared.now();
         let error = match created {
             Ok(Ok(raw)) => {
+                // The success goes on record before the permit goes back: a probe that the
+                // freed permit lets start could otherwise fail first and have its failure, and
+                // its delay, wiped by this older success (loom model m17g).
+                let failures = shared.governor.succeeded();
                 let created = self.finish(shared.new_conn(raw, shared.stamp()));
                 // The observer's `on_create` is user code: should it panic, the new
                 // connection is destroyed and its slot given back.
                 let unwinding = PanicGuard::new(shared);
                 let conn = created;
-                shared.create_succeeded(started, now);
+                shared.create_succeeded(started, now, failures);
                 unwinding.disarm();
                 return Ok(conn);
             }
@@ -1100,8 +1110,8 @@ pub(crate) enum Begin<'a, M: ConnectionManager> {
 impl<M: ConnectionManager> Drop for Creating<'_, M> {
     fn drop(&mut self) {
         if self.armed {
-            // Unused (cancelled, or a grant passed on): straight to the oldest waiter while
-            // someone waits, as in `Shared::release_slot`.
+            // Unused (cancelled, a grant passed on, or given back to ask the governor again):
+            // straight to the oldest waiter while someone waits, as in `Shared::release_slot`.
             if self.shared.grants_pass_on() && self.shared.waitlist.grant() {
                 return;
             }

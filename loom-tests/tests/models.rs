@@ -19,6 +19,7 @@ use connection_pool_loom_tests::{
     pool_validating_connecting, timed_pool,
 };
 use loom::thread;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// A thread whose `get_connection` is polled once, then dropped. The first poll finds no
@@ -1577,6 +1578,67 @@ fn m17f_the_min_idle_top_up_during_the_governors_delay() {
         assert_settled(&pool, 1);
         conn.unclaim();
         drop(conn);
+        drop(pool);
+        assert_eq!(counts.live(), 0);
+    });
+}
+
+/// 17g. A caller asks the governor, then a success and a new failure come between its asking
+///      and its taking a slot. `max_size` 2, `max_connecting` 1, the pool on a
+///      [`ModelRuntime`]; the creations fail, succeed, fail, in call order (later ones
+///      succeed). The main thread's `get` fails at zero and moves the clock to
+///      `CREATE_BACKOFF_MAX`, past that failure's delay, where it then stands. Thread X polls a
+///      `get` once and keeps what it gets, then polls a second `get` once; thread C polls one
+///      `get` once. Whoever probes first succeeds; the pool is then open, and the next creation
+///      fails, starting a new delay that the still clock never ends.
+///
+///      Must hold: no more than three creations begin, so none after the second failure.
+///      Found by a review of 17e's fix, which compared the count of failures in a row before
+///      and after the take: C reads count 1 and may probe; X's probe succeeds (count 0), X
+///      creates at once and fails (count 1 again); C takes the freed slot, reads 1, and dials
+///      at once. The governor's mark now also counts every failure ever recorded. The same
+///      model caught a second way through: a probe's success gave its permit back before it
+///      was on record, so C could probe and fail in between and have its failure, and delay,
+///      wiped by the older success; a success now goes on record first.
+#[test]
+fn m17g_a_success_and_a_new_failure_between_asking_the_governor_and_taking_a_slot() {
+    check("m17g success and failure between ask and take", || {
+        let runtime = ModelRuntime::new();
+        let clock = runtime.clock();
+        let manager =
+            ModelManager::new(&[Create::Fail, Create::Ok, Create::Fail]).with_clock(clock.clone());
+        let pool = min_idle_pool_on(runtime, 2, 1, 0, manager);
+        let counts = pool.manager().counts.clone();
+        assert!(matches!(get(&pool), Err(PoolError::Backend(_))));
+        clock.advance_to(CREATE_BACKOFF_MAX);
+
+        let x = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let kept = match poll_once_then_drop(pool.get_connection_owned()) {
+                    Poll::Ready(Ok(conn)) => Some(conn),
+                    _ => None,
+                };
+                let _ = poll_once_then_drop(pool.get_connection());
+                kept
+            })
+        };
+        let c = {
+            let pool = pool.clone();
+            thread::spawn(move || {
+                let _ = poll_once_then_drop(pool.get_connection());
+            })
+        };
+        c.join().unwrap();
+        let kept = x.join().unwrap();
+
+        assert!(
+            counts.create_calls() <= 3,
+            "a creation began after the second failure, with its delay not over (creations \
+             began at {:?})",
+            counts.create_times()
+        );
+        drop(kept);
         drop(pool);
         assert_eq!(counts.live(), 0);
     });
